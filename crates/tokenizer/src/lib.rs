@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+mod bpe;
+mod error;
+mod shards;
+mod special;
+
+pub use bpe::{write_atomically, BpeConfig, Tokenizer};
+pub use error::{Error, Result};
+pub use shards::{
+    corpus_files, read_text, write_shard, write_shards, ShardConfig, ShardMeta, TokenShard,
+};
+pub use special::Special;

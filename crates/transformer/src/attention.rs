@@ -1,0 +1,90 @@
+//! Causal multi-head self-attention through burn's fused `attention` op.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor};
+
+use crate::init::linear;
+use crate::rope::{Positions, RotaryEmbedding};
+use crate::{Architecture, GptConfig};
+
+/// Causal self-attention with a fused query/key/value projection.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention<B: Backend> {
+    /// d → 3d: queries, keys and values.
+    qkv: Linear<B>,
+    /// d → d, a residual projection.
+    proj: Linear<B>,
+    /// Number of heads.
+    n_heads: usize,
+}
+
+/// What one attention call sees besides its input.
+pub(crate) struct AttentionContext<'a, B: Backend> {
+    pub rope: Option<&'a RotaryEmbedding<B>>,
+    pub positions: &'a Positions<B>,
+    pub mask: Option<Tensor<B, 4, Bool>>,
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    /// The attention layer of `config`.
+    pub fn init(config: &GptConfig, device: &B::Device) -> Self {
+        let d = config.d_model;
+        let bias = config.architecture == Architecture::Gpt2;
+        let residual_std = config.init_std / (2.0 * config.n_layers as f64).sqrt();
+        Self {
+            qkv: linear(d, 3 * d, bias, config.init_std, device),
+            proj: linear(d, d, bias, residual_std, device),
+            n_heads: config.n_heads,
+        }
+    }
+
+    /// Splits `[batch, seq, d]` into heads: `[batch, heads, seq, head_dim]`.
+    fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [batch, seq, d] = x.dims();
+        x.reshape([batch, seq, self.n_heads, d / self.n_heads]).swap_dims(1, 2)
+    }
+
+    fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
+        let d = x.dims()[2];
+        let qkv = self.qkv.forward(x);
+        let query = self.heads(qkv.clone().narrow(2, 0, d));
+        let key = self.heads(qkv.clone().narrow(2, d, d));
+        let value = self.heads(qkv.narrow(2, 2 * d, d));
+        match context.rope {
+            Some(rope) => [rope.apply(query, context.positions), rope.apply(key, context.positions), value],
+            None => [query, key, value],
+        }
+    }
+
+    fn attend(&self, query: Tensor<B, 4>, key: Tensor<B, 4>, value: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
+        let [batch, heads, seq, head_dim] = query.dims();
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let out = attention(query, key, value, mask, None, options);
+        self.proj.forward(out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]))
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → same
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, context: AttentionContext<'_, B>) -> Tensor<B, 3> {
+        let [query, key, value] = self.project(x, &context);
+        self.attend(query, key, value, context.mask)
+    }
+
+    /// Incremental decoding: attends to the cached keys and values of this layer too, and
+    /// appends the new ones to the cache.
+    pub(crate) fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        context: AttentionContext<'_, B>,
+        layer: usize,
+        cache: &mut crate::KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let [query, key, value] = self.project(x, &context);
+        let (key, value) = cache.update(layer, key, value);
+        self.attend(query, key, value, context.mask)
+    }
+}

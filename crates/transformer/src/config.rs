@@ -1,0 +1,141 @@
+//! The model's hyper-parameters and presets.
+
+use burn::config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The two shapes of decoder Ember builds from one config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// Llama-style: rotary positions, RMSNorm, SwiGLU MLP, no biases. Ember's default.
+    Llama,
+    /// GPT-2-style: learned absolute positions, LayerNorm, tanh-GELU MLP of width 4d, biases.
+    /// The shape of HF GPT-2 checkpoints and of the PyTorch peer benchmark.
+    Gpt2,
+}
+
+/// Configuration for [`crate::Gpt`].
+#[derive(Config, Debug, PartialEq)]
+pub struct GptConfig {
+    /// Vocabulary size: rows of the (tied) token embedding.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of decoder blocks.
+    pub n_layers: usize,
+    /// Number of attention heads; must divide `d_model`.
+    pub n_heads: usize,
+    /// Longest sequence the model sees: the size of the position table.
+    pub max_seq_len: usize,
+    /// Which shape of decoder.
+    #[config(default = "Architecture::Llama")]
+    pub architecture: Architecture,
+    /// Hidden width of the MLP. `None` picks the shape's convention: 4d for GPT-2, and for
+    /// SwiGLU 8d/3 rounded up to a multiple of 64, which keeps the parameter count of a 4d MLP.
+    #[config(default = "None")]
+    pub d_ff: Option<usize>,
+    /// Epsilon of the norms; 1e-5 as in GPT-2 and Llama.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    /// Base of the rotary frequencies; 10000 as in RoFormer and Llama 2.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    /// Standard deviation of the initial weights; 0.02 as in GPT-2. Residual projections are
+    /// further scaled by 1/sqrt(2 n_layers) so the residual stream's variance does not grow
+    /// with depth.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+impl GptConfig {
+    /// The PyTorch peer's `tiny`: 4 layers of width 128, 4 heads, context 128, vocabulary
+    /// 4096. Trains in seconds on a CPU.
+    pub fn tiny() -> Self {
+        Self::new(4096, 128, 4, 4, 128)
+    }
+
+    /// The PyTorch peer's `small`: 6 layers of width 256, 8 heads, context 256, vocabulary
+    /// 8192.
+    pub fn small() -> Self {
+        Self::new(8192, 256, 6, 8, 256)
+    }
+
+    /// GPT-2 small, 124M parameters: 12 layers of width 768, 12 heads, context 1024, GPT-2's
+    /// vocabulary of 50257, GPT-2-shaped.
+    pub fn gpt2_small() -> Self {
+        Self::new(50257, 768, 12, 12, 1024).with_architecture(Architecture::Gpt2)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Hidden width of the MLP (see `d_ff`).
+    pub fn mlp_hidden(&self) -> usize {
+        self.d_ff.unwrap_or(match self.architecture {
+            Architecture::Gpt2 => 4 * self.d_model,
+            Architecture::Llama => (8 * self.d_model / 3).div_ceil(64) * 64,
+        })
+    }
+
+    /// Checks that the shapes fit together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first problem.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::Config(m));
+        if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 {
+            return fail("vocab_size, d_model, n_layers and n_heads must be positive".into());
+        }
+        if self.max_seq_len == 0 {
+            return fail("max_seq_len must be positive".into());
+        }
+        if self.d_model % self.n_heads != 0 {
+            return fail(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
+        }
+        if self.architecture == Architecture::Llama && self.head_dim() % 2 != 0 {
+            return fail(format!("rotary embeddings need an even head width, got {}", self.head_dim()));
+        }
+        Ok(())
+    }
+
+    /// Parameters of the model built from this config (the tied head counted once).
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let hidden = self.mlp_hidden();
+        let (attention, mlp, norms, positions) = match self.architecture {
+            Architecture::Llama => (4 * d * d, 3 * d * hidden, 2 * d, 0),
+            Architecture::Gpt2 => {
+                (4 * d * d + 4 * d, 2 * d * hidden + hidden + d, 4 * d, self.max_seq_len * d)
+            }
+        };
+        let final_norm = if self.architecture == Architecture::Gpt2 { 2 * d } else { d };
+        self.vocab_size * d + positions + self.n_layers * (attention + mlp + norms) + final_norm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_small_has_124m_parameters() {
+        // HF's GPT2LMHeadModel reports 124,439,808 parameters (tied head counted once).
+        assert_eq!(GptConfig::gpt2_small().num_params(), 124_439_808);
+    }
+
+    #[test]
+    fn swiglu_width_keeps_a_4d_mlps_parameters_roughly() {
+        let config = GptConfig::tiny();
+        assert_eq!(config.mlp_hidden(), 384); // 8*128/3 = 341.3 → 384
+    }
+
+    #[test]
+    fn heads_must_divide_width() {
+        assert!(GptConfig::new(10, 130, 1, 4, 8).validate().is_err());
+        assert!(GptConfig::tiny().validate().is_ok());
+    }
+}

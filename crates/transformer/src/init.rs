@@ -1,0 +1,25 @@
+//! GPT-2's initialisation, shared by the layers.
+
+use burn::module::Param;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// A linear layer with weights drawn from N(0, std²) and biases at zero (PyTorch GPT-2's
+/// init; burn's default would draw the biases from the weights' distribution too).
+pub(crate) fn linear<B: Backend>(
+    d_input: usize,
+    d_output: usize,
+    bias: bool,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
+    let mut layer = LinearConfig::new(d_input, d_output)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    if bias {
+        layer.bias = Some(Param::from_tensor(Tensor::zeros([d_output], device)));
+    }
+    layer
+}

@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+
+mod attention;
+mod block;
+mod cache;
+mod config;
+mod error;
+mod generate;
+mod init;
+mod loss;
+mod mlp;
+mod model;
+mod norm;
+mod rope;
+mod sampling;
+
+pub use attention::CausalSelfAttention;
+pub use block::Block;
+pub use cache::KvCache;
+pub use config::{Architecture, GptConfig};
+pub use error::{Error, Result};
+pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
+pub use loss::{masked_cross_entropy, TokenBatch};
+pub use mlp::Mlp;
+pub use model::{DecoderInput, Gpt};
+pub use norm::Norm;
+pub use rope::{Positions, RotaryEmbedding};
+pub use sampling::{Sampler, Sampling};

@@ -1,0 +1,178 @@
+//! The decoder: embeddings, blocks, final norm and the tied language-model head.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::attention::AttentionContext;
+use crate::block::Block;
+use crate::loss::{masked_cross_entropy, TokenBatch};
+use crate::norm::Norm;
+use crate::rope::{Positions, RotaryEmbedding};
+use crate::{Architecture, GptConfig, KvCache, Result};
+
+/// The general input of a forward pass: tokens with explicit positions and an optional
+/// attention mask (packed rows, left padding).
+#[derive(Debug, Clone)]
+pub struct DecoderInput<B: Backend> {
+    /// `[batch, seq]` token ids.
+    pub tokens: Tensor<B, 2, Int>,
+    /// Positions of the tokens.
+    pub positions: Positions<B>,
+    /// `[batch, heads, seq, seq]`, `true` where a query may not see a key; applied on top of
+    /// the causal mask.
+    pub mask: Option<Tensor<B, 4, Bool>>,
+}
+
+/// A decoder-only transformer of either [`Architecture`].
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    token_embedding: Embedding<B>,
+    position_embedding: Option<Embedding<B>>,
+    rope: Option<RotaryEmbedding<B>>,
+    blocks: Vec<Block<B>>,
+    final_norm: Norm<B>,
+    #[module(skip)]
+    config: GptConfig,
+}
+
+impl GptConfig {
+    /// Builds the model on `device`, with GPT-2's initialisation.
+    ///
+    /// # Errors
+    /// An invalid config ([`GptConfig::validate`]).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Gpt<B>> {
+        self.validate()?;
+        let embedding = |rows| {
+            EmbeddingConfig::new(rows, self.d_model)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: self.init_std })
+                .init(device)
+        };
+        let (position_embedding, rope) = match self.architecture {
+            Architecture::Gpt2 => (Some(embedding(self.max_seq_len)), None),
+            Architecture::Llama => (
+                None,
+                Some(RotaryEmbedding::new(self.max_seq_len, self.head_dim(), self.rope_theta, device)),
+            ),
+        };
+        Ok(Gpt {
+            token_embedding: embedding(self.vocab_size),
+            position_embedding,
+            rope,
+            blocks: (0..self.n_layers).map(|_| Block::init(self, device)).collect(),
+            final_norm: Norm::init(self, device),
+            config: self.clone(),
+        })
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    /// The model's config.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    fn embed(&self, tokens: Tensor<B, 2, Int>, positions: &Positions<B>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        let x = self.token_embedding.forward(tokens);
+        match &self.position_embedding {
+            None => x,
+            Some(table) => {
+                let ids = match positions {
+                    Positions::Contiguous { start } => {
+                        let range = *start as i64..(*start + seq) as i64;
+                        Tensor::<B, 1, Int>::arange(range, &x.device()).reshape([1, seq]).expand([batch, seq])
+                    }
+                    Positions::PerToken(ids) => ids.clone(),
+                };
+                x + table.forward(ids)
+            }
+        }
+    }
+
+    fn check_length(&self, end: usize) {
+        assert!(
+            end <= self.config.max_seq_len,
+            "{end} positions do not fit the context of {}",
+            self.config.max_seq_len
+        );
+    }
+
+    /// Final hidden states (after the last norm), for heads other than the language model's
+    /// (a reward or value head).
+    ///
+    /// # Shapes
+    /// - `input.tokens`: `[batch, seq]` → `[batch, seq, d_model]`
+    ///
+    /// # Panics
+    /// If a position reaches past `max_seq_len`.
+    pub fn forward_hidden(&self, input: DecoderInput<B>) -> Tensor<B, 3> {
+        if let Positions::Contiguous { start } = input.positions {
+            self.check_length(start + input.tokens.dims()[1]);
+        }
+        let mut x = self.embed(input.tokens, &input.positions);
+        for block in &self.blocks {
+            let context = AttentionContext {
+                rope: self.rope.as_ref(),
+                positions: &input.positions,
+                mask: input.mask.clone(),
+            };
+            x = block.forward(x, context);
+        }
+        self.final_norm.forward(x)
+    }
+
+    /// The tied language-model head: hidden states times the token embedding's transpose.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, d_model]` → `[batch, seq, vocab_size]`
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let weight = self.token_embedding.weight.val().transpose().unsqueeze::<3>();
+        hidden.matmul(weight)
+    }
+
+    /// Next-token logits of unpadded rows starting at position 0.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]` → `[batch, seq, vocab_size]`
+    ///
+    /// # Panics
+    /// If `seq > max_seq_len`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let input = DecoderInput { tokens, positions: Positions::Contiguous { start: 0 }, mask: None };
+        self.logits(self.forward_hidden(input))
+    }
+
+    /// Incremental decoding: logits of `tokens`, which follow the tokens already in `cache`;
+    /// their keys and values are appended to it.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]` → `[batch, seq, vocab_size]`
+    ///
+    /// # Panics
+    /// If the cache would grow past `max_seq_len`.
+    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        self.check_length(cache.len() + seq);
+        let device = tokens.device();
+        let positions = cache.positions(batch, seq, &device);
+        let mask = cache.mask(batch, self.config.n_heads, seq, &device);
+        let mut x = self.embed(tokens, &positions);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let context = AttentionContext { rope: self.rope.as_ref(), positions: &positions, mask: mask.clone() };
+            x = block.forward_cached(x, context, layer, cache);
+        }
+        cache.advance(seq);
+        self.logits(self.final_norm.forward(x))
+    }
+
+    /// Mean next-token cross-entropy over the batch's unmasked targets.
+    ///
+    /// # Errors
+    /// [`crate::Error::AllMasked`] if no target counts.
+    pub fn loss(&self, batch: &TokenBatch<B>) -> Result<Tensor<B, 1>> {
+        let logits = self.forward(batch.inputs.clone());
+        masked_cross_entropy(logits, batch)
+    }
+}

@@ -1,0 +1,209 @@
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, seeded.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How the next token is drawn. An enum, so that no invalid combination can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Sampling {
+    /// The most likely token.
+    Greedy,
+    /// Sample from softmax(logits / temperature).
+    Temperature {
+        /// Above 0; 1 is the model's own distribution.
+        temperature: f32,
+    },
+    /// Sample among the `k` most likely tokens.
+    TopK {
+        /// At least 1.
+        k: usize,
+        /// Above 0.
+        temperature: f32,
+    },
+    /// Sample among the fewest most likely tokens whose probabilities add up to `p`
+    /// (nucleus sampling).
+    TopP {
+        /// In (0, 1].
+        p: f32,
+        /// Above 0.
+        temperature: f32,
+    },
+}
+
+impl Sampling {
+    /// Checks the parameters.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a temperature ≤ 0, k = 0 or p outside (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        let temperature = match *self {
+            Sampling::Greedy => return Ok(()),
+            Sampling::Temperature { temperature } => temperature,
+            Sampling::TopK { k, temperature } => {
+                if k == 0 {
+                    return Err(Error::Config("top-k needs k >= 1".into()));
+                }
+                temperature
+            }
+            Sampling::TopP { p, temperature } => {
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(Error::Config(format!("top-p needs p in (0, 1], got {p}")));
+                }
+                temperature
+            }
+        };
+        if temperature.is_nan() || temperature <= 0.0 {
+            return Err(Error::Config(format!("temperature must be above 0, got {temperature}")));
+        }
+        Ok(())
+    }
+
+    /// The temperature that divides the logits (1 for greedy).
+    pub fn temperature(&self) -> f32 {
+        match *self {
+            Sampling::Greedy => 1.0,
+            Sampling::Temperature { temperature }
+            | Sampling::TopK { temperature, .. }
+            | Sampling::TopP { temperature, .. } => temperature,
+        }
+    }
+}
+
+/// A [`Sampling`] rule with its own seeded random number generator.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    sampling: Sampling,
+    rng: StdRng,
+}
+
+impl Sampler {
+    /// A sampler whose draws depend only on `seed` and the logits it is given.
+    ///
+    /// # Errors
+    /// Invalid sampling parameters.
+    pub fn new(sampling: Sampling, seed: u64) -> Result<Self> {
+        sampling.validate()?;
+        Ok(Self { sampling, rng: StdRng::seed_from_u64(seed) })
+    }
+
+    /// The next token given one row of logits.
+    ///
+    /// # Panics
+    /// If `logits` is empty.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        assert!(!logits.is_empty(), "no logits to sample from");
+        let argmax = || {
+            logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .expect("non-empty")
+        };
+        let (k, p) = match self.sampling {
+            Sampling::Greedy => return argmax(),
+            Sampling::Temperature { .. } => (logits.len(), 1.0),
+            Sampling::TopK { k, .. } => (k.min(logits.len()), 1.0),
+            Sampling::TopP { p, .. } => (logits.len(), p),
+        };
+        let temperature = self.sampling.temperature();
+        let mut order = (0..logits.len()).collect::<Vec<_>>();
+        if k < logits.len() {
+            order.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+            order.truncate(k);
+        }
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let max = logits[order[0]];
+        let mut weights = order.iter().map(|&i| ((logits[i] - max) / temperature).exp()).collect::<Vec<_>>();
+        let total: f32 = weights.iter().sum();
+        if p < 1.0 {
+            // Keep the smallest prefix whose mass reaches p (at least one token).
+            let mut mass = 0.0;
+            let mut keep = 0;
+            while keep < weights.len() {
+                mass += weights[keep] / total;
+                keep += 1;
+                if mass >= p {
+                    break;
+                }
+            }
+            weights.truncate(keep);
+            order.truncate(keep);
+        }
+        let total: f32 = weights.iter().sum();
+        let mut draw = self.rng.random::<f32>() * total;
+        for (&token, &weight) in order.iter().zip(&weights) {
+            if draw < weight {
+                return token as u32;
+            }
+            draw -= weight;
+        }
+        order[order.len() - 1] as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut sampler = Sampler::new(Sampling::Greedy, 0).unwrap();
+        assert_eq!(sampler.sample(&[0.1, 3.0, -1.0, 2.9]), 1);
+    }
+
+    #[test]
+    fn top_k_never_leaves_the_k_best() {
+        let mut sampler = Sampler::new(Sampling::TopK { k: 2, temperature: 5.0 }, 7).unwrap();
+        let logits = [1.0, 0.9, 0.8, 0.7, 5.0];
+        for _ in 0..500 {
+            let token = sampler.sample(&logits);
+            assert!(token == 4 || token == 0, "{token}");
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // Probabilities ∝ [8, 4, 2, 1, 1]/16: p = 0.7 keeps the first two (0.5 + 0.25).
+        let logits = [8f32.ln(), 4f32.ln(), 2f32.ln(), 0.0, 0.0];
+        let mut sampler = Sampler::new(Sampling::TopP { p: 0.7, temperature: 1.0 }, 1).unwrap();
+        let mut seen = [0usize; 5];
+        for _ in 0..2000 {
+            seen[sampler.sample(&logits) as usize] += 1;
+        }
+        assert_eq!(seen[2] + seen[3] + seen[4], 0, "{seen:?}");
+        // Renormalised: 2/3 and 1/3.
+        let share = seen[0] as f64 / 2000.0;
+        assert!((share - 2.0 / 3.0).abs() < 0.05, "{share}");
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_distribution() {
+        let logits = [0.0, 2f32.ln()]; // 1/3, 2/3
+        let mut sampler = Sampler::new(Sampling::Temperature { temperature: 1.0 }, 3).unwrap();
+        let ones = (0..3000).filter(|_| sampler.sample(&logits) == 1).count();
+        assert!((ones as f64 / 3000.0 - 2.0 / 3.0).abs() < 0.04, "{ones}");
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let logits = [0.3, 0.1, 0.5, 0.2];
+        let draw = |seed| {
+            let mut s = Sampler::new(Sampling::Temperature { temperature: 1.0 }, seed).unwrap();
+            (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(11), draw(11));
+        assert_ne!(draw(11), draw(12));
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        assert!(Sampler::new(Sampling::TopK { k: 0, temperature: 1.0 }, 0).is_err());
+        assert!(Sampler::new(Sampling::TopP { p: 1.5, temperature: 1.0 }, 0).is_err());
+        assert!(Sampler::new(Sampling::Temperature { temperature: 0.0 }, 0).is_err());
+    }
+}

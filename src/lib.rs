@@ -1,0 +1,2 @@
+//! Ember facade.
+pub use ember_tokenizer as tokenizer;
