@@ -3,7 +3,7 @@
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::Error;
 
 /// The two shapes of decoder Ember builds from one config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +85,7 @@ impl GptConfig {
     ///
     /// # Errors
     /// [`Error::Config`] naming the first problem.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> crate::Result<()> {
         let fail = |m: String| Err(Error::Config(m));
         if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 {
             return fail("vocab_size, d_model, n_layers and n_heads must be positive".into());

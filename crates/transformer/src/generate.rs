@@ -1,5 +1,6 @@
 //! Batched generation with the KV cache.
 
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};

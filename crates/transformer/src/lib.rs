@@ -21,7 +21,7 @@ pub use config::{Architecture, GptConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
 pub use loss::{masked_cross_entropy, TokenBatch};
-pub use mlp::Mlp;
+pub use mlp::{GeluMlp, Mlp, SwiGlu};
 pub use model::{DecoderInput, Gpt};
 pub use norm::Norm;
 pub use rope::{Positions, RotaryEmbedding};

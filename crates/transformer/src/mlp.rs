@@ -9,25 +9,33 @@ use burn::tensor::Tensor;
 use crate::init::linear;
 use crate::{Architecture, GptConfig};
 
+/// `down(silu(gate(x)) * up(x))` (Shazeer, "GLU variants improve transformer").
+#[derive(Module, Debug)]
+pub struct SwiGlu<B: Backend> {
+    /// Gate projection, d → hidden.
+    gate: Linear<B>,
+    /// Up projection, d → hidden.
+    up: Linear<B>,
+    /// Down projection, hidden → d (a residual projection).
+    down: Linear<B>,
+}
+
+/// `down(gelu_tanh(up(x)))`, GPT-2's MLP.
+#[derive(Module, Debug)]
+pub struct GeluMlp<B: Backend> {
+    /// Up projection, d → 4d.
+    up: Linear<B>,
+    /// Down projection, 4d → d (a residual projection).
+    down: Linear<B>,
+}
+
 /// A feed-forward block of either shape.
 #[derive(Module, Debug)]
 pub enum Mlp<B: Backend> {
-    /// `down(silu(gate(x)) * up(x))`
-    SwiGlu {
-        /// Gate projection, d → hidden.
-        gate: Linear<B>,
-        /// Up projection, d → hidden.
-        up: Linear<B>,
-        /// Down projection, hidden → d (a residual projection).
-        down: Linear<B>,
-    },
-    /// `down(gelu_tanh(up(x)))`
-    Gelu {
-        /// Up projection, d → 4d.
-        up: Linear<B>,
-        /// Down projection, 4d → d (a residual projection).
-        down: Linear<B>,
-    },
+    /// Llama's.
+    SwiGlu(SwiGlu<B>),
+    /// GPT-2's.
+    Gelu(GeluMlp<B>),
 }
 
 impl<B: Backend> Mlp<B> {
@@ -38,15 +46,15 @@ impl<B: Backend> Mlp<B> {
         let std = config.init_std;
         let residual_std = std / (2.0 * config.n_layers as f64).sqrt();
         match config.architecture {
-            Architecture::Llama => Mlp::SwiGlu {
+            Architecture::Llama => Mlp::SwiGlu(SwiGlu {
                 gate: linear(d, hidden, false, std, device),
                 up: linear(d, hidden, false, std, device),
                 down: linear(hidden, d, false, residual_std, device),
-            },
-            Architecture::Gpt2 => Mlp::Gelu {
+            }),
+            Architecture::Gpt2 => Mlp::Gelu(GeluMlp {
                 up: linear(d, hidden, true, std, device),
                 down: linear(hidden, d, true, residual_std, device),
-            },
+            }),
         }
     }
 
@@ -54,8 +62,8 @@ impl<B: Backend> Mlp<B> {
     /// - `x`: `[batch, seq, d_model]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
-            Mlp::SwiGlu { gate, up, down } => down.forward(silu(gate.forward(x.clone())) * up.forward(x)),
-            Mlp::Gelu { up, down } => down.forward(gelu_approximate(up.forward(x))),
+            Mlp::SwiGlu(m) => m.down.forward(silu(m.gate.forward(x.clone())) * m.up.forward(x)),
+            Mlp::Gelu(m) => m.down.forward(gelu_approximate(m.up.forward(x))),
         }
     }
 }

@@ -33,7 +33,7 @@ impl<B: Backend> RotaryEmbedding<B> {
         let mut sin = Vec::with_capacity(max_seq_len * half);
         for position in 0..max_seq_len {
             for i in 0..half {
-                let frequency = theta.powf(-(2 * i) as f64 / head_dim as f64);
+                let frequency = theta.powf(-((2 * i) as f64) / head_dim as f64);
                 let angle = position as f64 * frequency;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);

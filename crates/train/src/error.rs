@@ -1,0 +1,63 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint or model file could not be read or written by burn's recorder.
+    #[error("{path}: {reason}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// burn's message.
+        reason: String,
+    },
+    /// A JSON file (state, config, metrics) could not be parsed.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A configuration that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The loss became NaN or infinite.
+    #[error("the loss diverged to {loss} at step {step}; lower the learning rate")]
+    Diverged {
+        /// The optimizer step.
+        step: usize,
+        /// The loss.
+        loss: f64,
+    },
+    /// From the model.
+    #[error(transparent)]
+    Model(#[from] ember_transformer::Error),
+    /// From the tokenizer or the token shards.
+    #[error(transparent)]
+    Tokenizer(#[from] ember_tokenizer::Error),
+    /// From a stage's own objective.
+    #[error(transparent)]
+    Objective(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,180 @@
+//! Invariants of the decoder, written once as `check_*(device)` and run on every backend
+//! compiled in: CPU (flex) always, wgpu under the `wgpu` feature.
+
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_transformer::{generate, Architecture, GenerateConfig, Gpt, GptConfig, KvCache, Sampling};
+
+const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gpt2];
+
+fn config(architecture: Architecture) -> GptConfig {
+    // A larger init than GPT-2's makes logits far apart, so greedy choices are not ties.
+    GptConfig::new(97, 32, 2, 4, 48).with_architecture(architecture).with_init_std(0.3)
+}
+
+fn model<B: Backend>(architecture: Architecture, device: &B::Device) -> Gpt<B> {
+    B::seed(device, 7);
+    config(architecture).init(device).unwrap()
+}
+
+fn tokens<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let data = rows.iter().flatten().map(|&t| i64::from(t)).collect::<Vec<_>>();
+    Tensor::from_data(TensorData::new(data, [rows.len(), rows[0].len()]), device)
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn sequence(len: usize) -> Vec<u32> {
+    (0..len as u32).map(|i| (i * 31 + 5) % 97).collect()
+}
+
+pub fn check_causality<B: Backend>(device: &B::Device) {
+    for architecture in ARCHITECTURES {
+        let model = model::<B>(architecture, device);
+        let original = sequence(20);
+        let mut changed = original.clone();
+        changed[10] = (changed[10] + 1) % 97;
+        let a = values(model.forward(tokens::<B>(&[original], device)));
+        let b = values(model.forward(tokens::<B>(&[changed], device)));
+        let before = 10 * 97;
+        assert_eq!(max_abs_diff(&a[..before], &b[..before]), 0.0, "{architecture:?}: a future token changed the past");
+        assert!(max_abs_diff(&a[before..], &b[before..]) > 1e-3, "{architecture:?}: the change had no effect at all");
+    }
+}
+
+pub fn check_cached_equals_full<B: Backend>(device: &B::Device) {
+    for architecture in ARCHITECTURES {
+        let model = model::<B>(architecture, device);
+        let rows = vec![sequence(24), sequence(30)[6..].to_vec()];
+        let full = values(model.forward(tokens::<B>(&rows, device)));
+        let mut cache = KvCache::new(2);
+        // A prefill of 5 tokens, then one token at a time.
+        let mut cached = vec![Vec::new(); 2];
+        let mut append = |logits: Tensor<B, 3>| {
+            let [_, seq, vocab] = logits.dims();
+            let v = values(logits);
+            for (b, out) in cached.iter_mut().enumerate() {
+                out.extend_from_slice(&v[b * seq * vocab..(b + 1) * seq * vocab]);
+            }
+        };
+        let prefix = rows.iter().map(|r| r[..5].to_vec()).collect::<Vec<_>>();
+        append(model.forward_cached(tokens::<B>(&prefix, device), &mut cache));
+        for t in 5..24 {
+            let step = rows.iter().map(|r| vec![r[t]]).collect::<Vec<_>>();
+            append(model.forward_cached(tokens::<B>(&step, device), &mut cache));
+        }
+        let cached = cached.concat();
+        let diff = max_abs_diff(&full, &cached);
+        assert!(diff < 1e-4, "{architecture:?}: cached decoding is off by {diff}");
+    }
+}
+
+pub fn check_padded_batch_equals_single_prompts<B: Backend>(device: &B::Device) {
+    for architecture in ARCHITECTURES {
+        let model = model::<B>(architecture, device);
+        let prompts = vec![sequence(3), sequence(11), vec![42]];
+        let config = GenerateConfig { max_new_tokens: 8, sampling: Sampling::Greedy, ..Default::default() };
+        let batched = generate(&model, &prompts, &config).unwrap();
+        for (prompt, out) in prompts.iter().zip(&batched) {
+            let alone = generate(&model, std::slice::from_ref(prompt), &config).unwrap();
+            assert_eq!(alone[0], *out, "{architecture:?}: left padding changed the output");
+            assert_eq!(out.tokens.len(), 8);
+        }
+    }
+}
+
+mod cpu {
+    use super::*;
+    type B = Flex;
+
+    #[test]
+    fn causality() {
+        check_causality::<B>(&Default::default());
+    }
+
+    #[test]
+    fn cached_equals_full() {
+        check_cached_equals_full::<B>(&Default::default());
+    }
+
+    #[test]
+    fn padded_batch_equals_single_prompts() {
+        check_padded_batch_equals_single_prompts::<B>(&Default::default());
+    }
+
+    #[test]
+    fn generation_stops_at_a_stop_token_and_is_seeded() {
+        let device = Default::default();
+        let model = model::<B>(Architecture::Llama, &device);
+        let sampling = Sampling::TopP { p: 0.9, temperature: 1.0 };
+        let config = GenerateConfig { max_new_tokens: 20, sampling, seed: 3, ..Default::default() };
+        let a = generate(&model, &[vec![1, 2, 3]], &config).unwrap();
+        assert_eq!(a, generate(&model, &[vec![1, 2, 3]], &config).unwrap());
+        // Make the third drawn token a stop token: generation ends right there.
+        let stop = a[0].tokens[2];
+        let first = a[0].tokens.iter().position(|&t| t == stop).unwrap();
+        let config = GenerateConfig { stop_tokens: vec![stop], ..config };
+        let b = generate(&model, &[vec![1, 2, 3]], &config).unwrap();
+        assert_eq!(b[0].tokens, a[0].tokens[..=first]);
+        assert_eq!(b[0].finish, ember_transformer::FinishReason::Stop);
+    }
+
+    #[test]
+    fn generation_rejects_bad_prompts() {
+        let device = Default::default();
+        let model = model::<B>(Architecture::Llama, &device);
+        let config = GenerateConfig::default();
+        assert!(matches!(
+            generate(&model, &[vec![500]], &config),
+            Err(ember_transformer::Error::TokenOutOfRange { id: 500, .. })
+        ));
+        assert!(generate(&model, &[vec![]], &config).is_err());
+        assert!(matches!(generate(&model, &[sequence(48)], &config), Err(ember_transformer::Error::TooLong { .. })));
+    }
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+    use burn::backend::Wgpu;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use burn::module::Module;
+
+    type B = Wgpu;
+
+    #[test]
+    fn causality() {
+        check_causality::<B>(&Default::default());
+    }
+
+    #[test]
+    fn cached_equals_full() {
+        check_cached_equals_full::<B>(&Default::default());
+    }
+
+    #[test]
+    fn same_logits_as_cpu() {
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::new();
+        for architecture in ARCHITECTURES {
+            let cpu_device = Default::default();
+            let cpu = model::<Flex>(architecture, &cpu_device);
+            let bytes = Recorder::<Flex>::record(&recorder, cpu.clone().into_record(), ()).unwrap();
+            let device = Default::default();
+            let record = Recorder::<B>::load(&recorder, bytes, &device).unwrap();
+            let gpu = config(architecture).init::<B>(&device).unwrap().load_record(record);
+            let rows = vec![sequence(24)];
+            let expected = values(cpu.forward(tokens::<Flex>(&rows, &cpu_device)));
+            let actual = values(gpu.forward(tokens::<B>(&rows, &device)));
+            let diff = max_abs_diff(&expected, &actual);
+            assert!(diff < 1e-3, "{architecture:?}: wgpu differs from the CPU by {diff}");
+        }
+    }
+}
