@@ -1,1 +1,19 @@
-//! x
+#![doc = include_str!("../README.md")]
+
+mod checkpoint;
+mod config;
+mod error;
+mod metrics;
+mod model_io;
+mod params;
+mod pretrain;
+mod trainer;
+
+pub use checkpoint::{latest_checkpoint, TrainState};
+pub use config::{OptimizerConfig, TrainConfig};
+pub use error::{Error, Result};
+pub use metrics::MetricsLog;
+pub use model_io::{load_model, load_model_config, save_model};
+pub use params::{clip_global_norm, global_grad_norm, split_grads, DecayGroups};
+pub use pretrain::{PretrainConfig, Pretraining};
+pub use trainer::{fit, FitSummary, Loss, Objective, RunDir};

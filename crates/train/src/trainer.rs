@@ -109,7 +109,6 @@ where
 {
     config.validate()?;
     let device = model.devices().into_iter().next().expect("a model lives on a device");
-    let groups = DecayGroups::of::<B, M>(&model);
     let mut decayed: Adam<M, B> = adamw(config, config.optimizer.weight_decay);
     let mut undecayed: Adam<M, B> = adamw(config, 0.0);
     let mut model = model;
@@ -123,6 +122,8 @@ where
         undecayed = undecayed.load_record(load_record::<B, _>(&checkpoint.join("optim-no-decay"), &device)?);
         resumed_from = Some(state.step);
     }
+    // After loading: a checkpoint brings its own parameter ids.
+    let groups = DecayGroups::of::<B, M>(&model);
     let metrics = MetricsLog::open(&run.metrics(), state.step)?;
 
     let progress = if config.progress { ProgressBar::new(config.steps as u64) } else { ProgressBar::hidden() };

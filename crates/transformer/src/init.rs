@@ -1,6 +1,6 @@
 //! GPT-2's initialisation, shared by the layers.
 
-use burn::module::Param;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -22,4 +22,14 @@ pub(crate) fn linear<B: Backend>(
         layer.bias = Some(Param::from_tensor(Tensor::zeros([d_output], device)));
     }
     layer
+}
+
+/// Forces every parameter's initialisation now. burn initialises parameters lazily, and a
+/// clone of an uninitialised parameter carries the initialiser rather than the value, so
+/// the clone and the original would draw different weights (a saved copy of a fresh model
+/// would not be the model). A module built here is one concrete value from the start.
+pub(crate) fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Materialize;
+    impl<B: Backend> ModuleMapper<B> for Materialize {}
+    module.map(&mut Materialize)
 }

@@ -56,14 +56,14 @@ impl GptConfig {
                 Some(RotaryEmbedding::new(self.max_seq_len, self.head_dim(), self.rope_theta, device)),
             ),
         };
-        Ok(Gpt {
+        Ok(crate::init::materialize(Gpt {
             token_embedding: embedding(self.vocab_size),
             position_embedding,
             rope,
             blocks: (0..self.n_layers).map(|_| Block::init(self, device)).collect(),
             final_norm: Norm::init(self, device),
             config: self.clone(),
-        })
+        }))
     }
 }
 

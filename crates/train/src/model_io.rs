@@ -1,0 +1,47 @@
+//! A trained model on disk: `model.json` (its [`GptConfig`]) and `model.mpk` (its weights),
+//! beside the `tokenizer.json` it was trained with.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use ember_transformer::{Gpt, GptConfig};
+
+use crate::checkpoint::{load_record, save_record};
+use crate::{Error, Result};
+
+/// Writes `model` into `dir` (created if needed). Each file is replaced atomically.
+///
+/// # Errors
+/// The folder or files cannot be written.
+pub fn save_model<B: Backend>(model: &Gpt<B>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let json = serde_json::to_string_pretty(model.config()).expect("GptConfig serialises");
+    let tmp = dir.join(".model.tmp");
+    save_record::<B, _>(model.clone().into_record(), &tmp)?;
+    let final_path = dir.join("model.mpk");
+    std::fs::rename(tmp.with_extension("mpk"), &final_path).map_err(|e| Error::io(&final_path, e))?;
+    ember_tokenizer::write_atomically(&dir.join("model.json"), json.as_bytes())?;
+    Ok(())
+}
+
+/// Reads the config in `dir/model.json`.
+///
+/// # Errors
+/// A missing or unparsable file.
+pub fn load_model_config(dir: &Path) -> Result<GptConfig> {
+    let path = dir.join("model.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+}
+
+/// Loads a model written by [`save_model`] onto `device`.
+///
+/// # Errors
+/// Missing or damaged files, or weights that do not fit the config.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>> {
+    let config = load_model_config(dir)?;
+    let model = config.init::<B>(device)?;
+    let record = load_record::<B, _>(&dir.join("model"), device)?;
+    Ok(model.load_record(record))
+}
