@@ -1,1 +1,51 @@
-fn main() {}
+//! `ember`: every stage of the pipeline as a subcommand.
+
+mod commands;
+mod config;
+mod device;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Train a ChatGPT-style assistant end to end on burn: tokenizer, pretraining, generation.
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a byte-level BPE tokenizer.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Pretrain a decoder on raw text: tokenizer, token shards, training, a sample (stage 1).
+    Pretrain(commands::pretrain::Args),
+    /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
+    Generate(commands::generate::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenizerCommand {
+    /// Train a byte-level BPE on text files and write `tokenizer.json` (HF's format).
+    Train(commands::tokenizer::TrainArgs),
+}
+
+fn main() -> ExitCode {
+    ember_train::keep_freed_memory();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokenizer(TokenizerCommand::Train(args)) => commands::tokenizer::train(args),
+        Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

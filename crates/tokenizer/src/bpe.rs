@@ -12,7 +12,7 @@ use crate::{Error, Result, Special};
 
 /// Configuration for [`Tokenizer::train`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BpeConfig {
     /// Vocabulary size, special tokens included. 4096 is plenty for a few MB of English
     /// and small enough that the embedding does not dominate a tiny model.

@@ -12,7 +12,7 @@ const HEADER_BYTES: usize = 16;
 
 /// Configuration for [`write_shards`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ShardConfig {
     /// Share of the corpus held out for validation. 5% of a few MB is enough for a stable
     /// validation loss.

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod alloc;
 mod checkpoint;
 mod config;
 mod error;
@@ -9,6 +10,7 @@ mod params;
 mod pretrain;
 mod trainer;
 
+pub use alloc::keep_freed_memory;
 pub use checkpoint::{latest_checkpoint, TrainState};
 pub use config::{OptimizerConfig, TrainConfig};
 pub use error::{Error, Result};

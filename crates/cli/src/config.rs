@@ -1,0 +1,132 @@
+//! TOML run configurations: every field optional, defaults that run on a CPU in minutes.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use ember_tokenizer::{BpeConfig, ShardConfig};
+use ember_train::{PretrainConfig, TrainConfig};
+use ember_transformer::{Architecture, GptConfig};
+use serde::{Deserialize, Serialize};
+
+/// A named model size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// 4 layers × 128 wide, ~1M parameters besides the embedding: minutes on a CPU.
+    Tiny,
+    /// 6 layers × 256 wide.
+    Small,
+    /// GPT-2 small, 124M parameters: a GPU's job.
+    #[value(name = "gpt2-small")]
+    Gpt2Small,
+}
+
+/// The `[model]` table: a preset, with any field overridden.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Starting point.
+    pub preset: Preset,
+    /// Llama-style or GPT-2-style.
+    pub architecture: Option<Architecture>,
+    /// Width of the residual stream.
+    pub d_model: Option<usize>,
+    /// Number of blocks.
+    pub n_layers: Option<usize>,
+    /// Number of heads.
+    pub n_heads: Option<usize>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { preset: Preset::Tiny, architecture: None, d_model: None, n_layers: None, n_heads: None }
+    }
+}
+
+impl ModelSection {
+    /// The model config for a tokenizer of `vocab_size` and windows of `seq_len`.
+    pub fn resolve(&self, vocab_size: usize, seq_len: usize) -> GptConfig {
+        let mut config = match self.preset {
+            Preset::Tiny => GptConfig::tiny(),
+            Preset::Small => GptConfig::small(),
+            Preset::Gpt2Small => GptConfig::gpt2_small(),
+        };
+        config.vocab_size = vocab_size;
+        config.max_seq_len = config.max_seq_len.max(seq_len);
+        if let Some(a) = self.architecture {
+            config.architecture = a;
+        }
+        if let Some(d) = self.d_model {
+            config.d_model = d;
+        }
+        if let Some(n) = self.n_layers {
+            config.n_layers = n;
+        }
+        if let Some(n) = self.n_heads {
+            config.n_heads = n;
+        }
+        config
+    }
+}
+
+/// `ember pretrain`'s configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainFile {
+    /// The model.
+    pub model: ModelSection,
+    /// The tokenizer trained when none is given.
+    pub tokenizer: BpeConfig,
+    /// The train/validation split.
+    pub shards: ShardConfig,
+    /// Micro-batches.
+    pub batch: PretrainConfig,
+    /// The loop.
+    pub train: TrainConfig,
+}
+
+impl Default for PretrainFile {
+    fn default() -> Self {
+        let train = TrainConfig {
+            steps: 600,
+            eval_every: std::num::NonZeroUsize::new(100),
+            checkpoint_every: std::num::NonZeroUsize::new(100),
+            ..Default::default()
+        };
+        Self {
+            model: ModelSection::default(),
+            tokenizer: BpeConfig { vocab_size: 4096, ..Default::default() },
+            shards: ShardConfig::default(),
+            batch: PretrainConfig { batch_size: 16, seq_len: 128, ..Default::default() },
+            train,
+        }
+    }
+}
+
+/// Reads a TOML file into `T`, or `T::default()` without a file.
+pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let config = PretrainFile::default();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<PretrainFile>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn partial_files_fill_in_defaults_and_unknown_keys_fail() {
+        let config: PretrainFile = toml::from_str("[train]\nsteps = 7\n[model]\npreset = \"small\"\n").unwrap();
+        assert_eq!(config.train.steps, 7);
+        assert_eq!(config.model.preset, Preset::Small);
+        assert_eq!(config.batch, PretrainFile::default().batch);
+        assert!(toml::from_str::<PretrainFile>("[train]\nstep = 7\n").is_err());
+    }
+}
