@@ -79,7 +79,10 @@ pub struct FitSummary {
     pub train_losses: Vec<f64>,
     /// The last validation metrics.
     pub validation: Vec<(String, f64)>,
-    /// Target tokens per second over this call.
+    /// Wall-clock seconds of each optimizer step this call ran (forward, backward, clipping
+    /// and update; not validation or checkpoints).
+    pub step_seconds: Vec<f64>,
+    /// Target tokens per second of training over this call.
     pub tokens_per_second: f64,
 }
 
@@ -136,13 +139,15 @@ where
         progress.println(format!("resumed from the checkpoint at step {step}"));
     }
 
-    let started = Instant::now();
+    let mut training_seconds = 0.0;
+    let mut step_seconds = Vec::new();
     let mut tokens_this_call = 0u64;
     let mut train_losses = Vec::new();
     let mut validation = Vec::new();
 
     while state.step < config.steps {
         let step = state.step;
+        let step_started = Instant::now();
         let lr = config.optimizer.lr_at(step, config.steps);
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut loss_sum = 0.0;
@@ -166,12 +171,15 @@ where
         let decay_grads = split_grads::<B, M>(&model, &mut grads, &groups.decay);
         model = decayed.step(lr, model, decay_grads);
         model = undecayed.step(lr, model, grads);
+        B::sync(&device).map_err(|e| Error::Config(format!("device sync failed: {e:?}")))?;
+        step_seconds.push(step_started.elapsed().as_secs_f64());
+        training_seconds += step_seconds[step_seconds.len() - 1];
 
         state.step += 1;
         state.tokens_seen += step_tokens as u64;
         tokens_this_call += step_tokens as u64;
         train_losses.push(loss_sum);
-        let tokens_per_second = tokens_this_call as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let tokens_per_second = tokens_this_call as f64 / training_seconds.max(1e-9);
         metrics.append(
             state.step,
             "train",
@@ -202,6 +210,10 @@ where
         }
     }
     progress.finish_and_clear();
-    let tokens_per_second = tokens_this_call as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    Ok((model, FitSummary { resumed_from, train_losses, validation, tokens_per_second }))
+    if validation.is_empty() {
+        // Resumed a run that had already finished: still report where it stands.
+        validation = objective.validate(&model.valid())?;
+    }
+    let tokens_per_second = tokens_this_call as f64 / training_seconds.max(1e-9);
+    Ok((model, FitSummary { resumed_from, train_losses, validation, step_seconds, tokens_per_second }))
 }
