@@ -136,7 +136,7 @@ where
     );
     progress.set_position(state.step as u64);
     if let Some(step) = resumed_from {
-        progress.println(format!("resumed from the checkpoint at step {step}"));
+        progress.suspend(|| println!("resumed from the checkpoint at step {step}"));
     }
 
     let mut training_seconds = 0.0;
@@ -199,7 +199,10 @@ where
             validation = objective.validate(&model.valid())?;
             metrics.append(state.step, "val", &validation)?;
             let shown = validation.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>();
-            progress.println(format!("step {:>6}  train loss {loss_sum:.4}  val {}", state.step, shown.join("  ")));
+            // `suspend` prints whether or not the bar is drawn (it is hidden off a terminal).
+            progress.suspend(|| {
+                println!("step {:>6}  train loss {loss_sum:.4}  val {}", state.step, shown.join("  "));
+            });
         }
         if last || config.checkpoint_every.is_some_and(|n| state.step % n.get() == 0) {
             write_checkpoint(&run.checkpoints(), &state, config.keep_checkpoints, |dir| {
