@@ -20,9 +20,17 @@ struct Synthetic {
 }
 
 impl Objective<B, Gpt<B>> for Synthetic {
-    fn loss(&mut self, model: &Gpt<B>, _step: usize, _micro: usize) -> ember::train::Result<Loss<B>> {
+    fn loss(
+        &mut self,
+        model: &Gpt<B>,
+        _step: usize,
+        _micro: usize,
+    ) -> ember::train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
-        Ok(Loss { value: model.loss(&batch)?, tokens: batch.n_targets })
+        Ok(Loss {
+            value: model.loss(&batch)?,
+            tokens: batch.n_targets,
+        })
     }
 
     fn validate(&mut self, _model: &Gpt<Flex>) -> ember::train::Result<Vec<(String, f64)>> {
@@ -39,8 +47,14 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(8usize);
     let run = tempfile::tempdir()?;
-    println!("{:<8} {:>10} {:>8} {:>14} {:>12}", "config", "params", "tokens", "median step", "tokens/s");
-    for (name, config, batch) in [("tiny", GptConfig::tiny(), 16), ("small", GptConfig::small(), 8)] {
+    println!(
+        "{:<8} {:>10} {:>8} {:>14} {:>12}",
+        "config", "params", "tokens", "median step", "tokens/s"
+    );
+    for (name, config, batch) in [
+        ("tiny", GptConfig::tiny(), 16),
+        ("small", GptConfig::small(), 8),
+    ] {
         let config = config.with_architecture(Architecture::Gpt2);
         let seq = config.max_seq_len;
         let mut state = 1u64;
@@ -48,7 +62,9 @@ fn main() -> anyhow::Result<()> {
             .map(|_| {
                 (0..=seq)
                     .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         ((state >> 33) % config.vocab_size as u64) as u32
                     })
                     .collect()
@@ -60,10 +76,18 @@ fn main() -> anyhow::Result<()> {
             progress: false,
             eval_every: None,
             checkpoint_every: None,
-            optimizer: OptimizerConfig { warmup_steps: 1, ..Default::default() },
+            optimizer: OptimizerConfig {
+                warmup_steps: 1,
+                ..Default::default()
+            },
             ..Default::default()
         };
-        let (model, summary) = fit(model, &mut Synthetic { rows }, &train, &RunDir::new(run.path().join(name)))?;
+        let (model, summary) = fit(
+            model,
+            &mut Synthetic { rows },
+            &train,
+            &RunDir::new(run.path().join(name)),
+        )?;
         // The first two steps allocate and warm caches; the median of the rest is the figure.
         let mut times = summary.step_seconds[2..].to_vec();
         times.sort_by(f64::total_cmp);

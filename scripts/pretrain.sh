@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-shakespeare.sh data/shakespeare
-cargo build --release -p ember-cli
-./target/release/ember pretrain --data data/shakespeare --run runs/shakespeare "$@"
-./target/release/ember generate --model runs/shakespeare/model --prompt "ROMEO:" \
+ember() { cargo run --quiet --release -p ember-cli -- "$@"; }
+ember pretrain --data data/shakespeare --run runs/shakespeare "$@"
+ember generate --model runs/shakespeare/model --prompt "ROMEO:" \
   --max-new-tokens 120 --top-k 40 --temperature 0.8 --seed 1

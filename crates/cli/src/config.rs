@@ -39,7 +39,13 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { preset: Preset::Tiny, architecture: None, d_model: None, n_layers: None, n_heads: None }
+        Self {
+            preset: Preset::Tiny,
+            architecture: None,
+            d_model: None,
+            n_layers: None,
+            n_heads: None,
+        }
     }
 }
 
@@ -96,9 +102,16 @@ impl Default for PretrainFile {
         };
         Self {
             model: ModelSection::default(),
-            tokenizer: BpeConfig { vocab_size: 4096, ..Default::default() },
+            tokenizer: BpeConfig {
+                vocab_size: 4096,
+                ..Default::default()
+            },
             shards: ShardConfig::default(),
-            batch: PretrainConfig { batch_size: 16, seq_len: 128, ..Default::default() },
+            batch: PretrainConfig {
+                batch_size: 16,
+                seq_len: 128,
+                ..Default::default()
+            },
             train,
         }
     }
@@ -106,8 +119,11 @@ impl Default for PretrainFile {
 
 /// Reads a TOML file into `T`, or `T::default()` without a file.
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
-    let Some(path) = path else { return Ok(T::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
 }
 
@@ -124,7 +140,8 @@ mod tests {
 
     #[test]
     fn partial_files_fill_in_defaults_and_unknown_keys_fail() {
-        let config: PretrainFile = toml::from_str("[train]\nsteps = 7\n[model]\npreset = \"small\"\n").unwrap();
+        let config: PretrainFile =
+            toml::from_str("[train]\nsteps = 7\n[model]\npreset = \"small\"\n").unwrap();
         assert_eq!(config.train.steps, 7);
         assert_eq!(config.model.preset, Preset::Small);
         assert_eq!(config.batch, PretrainFile::default().batch);

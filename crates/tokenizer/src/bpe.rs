@@ -25,7 +25,11 @@ pub struct BpeConfig {
 
 impl Default for BpeConfig {
     fn default() -> Self {
-        Self { vocab_size: 4096, min_frequency: 2, show_progress: false }
+        Self {
+            vocab_size: 4096,
+            min_frequency: 2,
+            show_progress: false,
+        }
     }
 }
 
@@ -41,7 +45,10 @@ impl BpeConfig {
             )));
         }
         if self.vocab_size > u32::MAX as usize {
-            return Err(Error::Config(format!("vocab_size {} does not fit u32", self.vocab_size)));
+            return Err(Error::Config(format!(
+                "vocab_size {} does not fit u32",
+                self.vocab_size
+            )));
         }
         Ok(())
     }
@@ -58,7 +65,9 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).finish()
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
     }
 }
 
@@ -73,8 +82,10 @@ impl Tokenizer {
     }
 
     fn trainer(config: &BpeConfig) -> TrainerWrapper {
-        let specials =
-            Special::ALL.iter().map(|s| AddedToken::from(s.as_str(), true)).collect::<Vec<_>>();
+        let specials = Special::ALL
+            .iter()
+            .map(|s| AddedToken::from(s.as_str(), true))
+            .collect::<Vec<_>>();
         BpeTrainerBuilder::new()
             .vocab_size(config.vocab_size)
             .min_frequency(config.min_frequency)
@@ -95,19 +106,30 @@ impl Tokenizer {
         for file in files {
             let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
             if let Err(e) = std::str::from_utf8(&bytes) {
-                return Err(Error::InvalidUtf8 { path: file.clone(), offset: e.valid_up_to() });
+                return Err(Error::InvalidUtf8 {
+                    path: file.clone(),
+                    offset: e.valid_up_to(),
+                });
             }
             any_text |= bytes.iter().any(|b| !b.is_ascii_whitespace());
         }
         if !any_text {
-            return Err(Error::EmptyCorpus { paths: files.to_vec() });
+            return Err(Error::EmptyCorpus {
+                paths: files.to_vec(),
+            });
         }
         let mut inner = Self::empty();
         let mut trainer = Self::trainer(config);
-        let names = files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let names = files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         inner
             .train_from_files(&mut trainer, names)
-            .map_err(|source| Error::Codec { context: "training BPE", source })?;
+            .map_err(|source| Error::Codec {
+                context: "training BPE",
+                source,
+            })?;
         Ok(Self { inner })
     }
 
@@ -124,7 +146,10 @@ impl Tokenizer {
         let mut trainer = Self::trainer(config);
         inner
             .train(&mut trainer, texts.iter().map(|t| t.as_ref()))
-            .map_err(|source| Error::Codec { context: "training BPE", source })?;
+            .map_err(|source| Error::Codec {
+                context: "training BPE",
+                source,
+            })?;
         Ok(Self { inner })
     }
 
@@ -142,8 +167,10 @@ impl Tokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|source| Error::Tokenizer { path: path.to_path_buf(), source })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self { inner })
     }
 
@@ -156,7 +183,10 @@ impl Tokenizer {
         let json = self
             .inner
             .to_string(true)
-            .map_err(|source| Error::Tokenizer { path: path.to_path_buf(), source })?;
+            .map_err(|source| Error::Tokenizer {
+                path: path.to_path_buf(),
+                source,
+            })?;
         write_atomically(path, json.as_bytes())
     }
 
@@ -191,7 +221,9 @@ impl Tokenizer {
     pub fn token_id(&self, token: &str) -> Result<u32> {
         self.inner
             .token_to_id(token)
-            .ok_or_else(|| Error::UnknownSpecialToken { token: token.to_owned() })
+            .ok_or_else(|| Error::UnknownSpecialToken {
+                token: token.to_owned(),
+            })
     }
 
     /// Encodes one text. Special tokens written in the text become their single id.
@@ -202,7 +234,10 @@ impl Tokenizer {
         let encoding = self
             .inner
             .encode_fast(text, false)
-            .map_err(|source| Error::Codec { context: "encoding", source })?;
+            .map_err(|source| Error::Codec {
+                context: "encoding",
+                source,
+            })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -215,8 +250,14 @@ impl Tokenizer {
         let encodings = self
             .inner
             .encode_batch_fast(inputs, false)
-            .map_err(|source| Error::Codec { context: "encoding a batch", source })?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+            .map_err(|source| Error::Codec {
+                context: "encoding a batch",
+                source,
+            })?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 
     /// Decodes ids back to text, special tokens included.
@@ -224,7 +265,12 @@ impl Tokenizer {
     /// # Errors
     /// An id outside the vocabulary.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|source| Error::Codec { context: "decoding", source })
+        self.inner
+            .decode(ids, false)
+            .map_err(|source| Error::Codec {
+                context: "decoding",
+                source,
+            })
     }
 
     /// Decodes ids back to text, leaving special tokens out.
@@ -232,7 +278,10 @@ impl Tokenizer {
     /// # Errors
     /// An id outside the vocabulary.
     pub fn decode_skip_special(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|source| Error::Codec { context: "decoding", source })
+        self.inner.decode(ids, true).map_err(|source| Error::Codec {
+            context: "decoding",
+            source,
+        })
     }
 
     /// The HF tokenizer underneath, for anything this wrapper does not cover.
@@ -248,9 +297,15 @@ impl Tokenizer {
 /// The folder or file cannot be written.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
@@ -264,9 +319,18 @@ mod tests {
     use super::*;
 
     fn small() -> Tokenizer {
-        let texts = ["the cat sat on the mat. the dog sat on the log.", "über naïve café 無監督訓練"];
-        Tokenizer::train_from_texts(&texts, &BpeConfig { vocab_size: 300, ..Default::default() })
-            .unwrap()
+        let texts = [
+            "the cat sat on the mat. the dog sat on the log.",
+            "über naïve café 無監督訓練",
+        ];
+        Tokenizer::train_from_texts(
+            &texts,
+            &BpeConfig {
+                vocab_size: 300,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -275,13 +339,18 @@ mod tests {
         for (i, s) in Special::ALL.iter().enumerate() {
             assert_eq!(tokenizer.special(*s).unwrap(), i as u32);
         }
-        assert_ne!(tokenizer.special(Special::Eos).unwrap(), tokenizer.special(Special::Pad).unwrap());
+        assert_ne!(
+            tokenizer.special(Special::Eos).unwrap(),
+            tokenizer.special(Special::Pad).unwrap()
+        );
     }
 
     #[test]
     fn special_tokens_are_never_split() {
         let tokenizer = small();
-        let ids = tokenizer.encode("a<|user_start|>hi<|user_end|><|eos|>").unwrap();
+        let ids = tokenizer
+            .encode("a<|user_start|>hi<|user_end|><|eos|>")
+            .unwrap();
         let user_start = tokenizer.special(Special::UserStart).unwrap();
         let user_end = tokenizer.special(Special::UserEnd).unwrap();
         let eos = tokenizer.special(Special::Eos).unwrap();
@@ -289,7 +358,10 @@ mod tests {
         assert_eq!(ids.iter().filter(|&&i| i == user_end).count(), 1);
         assert_eq!(*ids.last().unwrap(), eos);
         // No other id decodes to a piece of a special token.
-        for id in ids.iter().filter(|&&i| i != user_start && i != user_end && i != eos) {
+        for id in ids
+            .iter()
+            .filter(|&&i| i != user_start && i != user_end && i != eos)
+        {
             assert!(!tokenizer.decode(&[*id]).unwrap().contains("<|"));
         }
     }
@@ -297,14 +369,21 @@ mod tests {
     #[test]
     fn unknown_special_token_is_a_typed_error() {
         let err = small().token_id("<|tool_start|>").unwrap_err();
-        assert!(matches!(err, Error::UnknownSpecialToken { ref token } if token == "<|tool_start|>"));
+        assert!(
+            matches!(err, Error::UnknownSpecialToken { ref token } if token == "<|tool_start|>")
+        );
     }
 
     #[test]
     fn vocab_below_the_byte_alphabet_is_rejected() {
-        let err =
-            Tokenizer::train_from_texts(&["abc"], &BpeConfig { vocab_size: 100, ..Default::default() })
-                .unwrap_err();
+        let err = Tokenizer::train_from_texts(
+            &["abc"],
+            &BpeConfig {
+                vocab_size: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
     }
 
@@ -316,7 +395,10 @@ mod tests {
         tokenizer.save(&path).unwrap();
         let loaded = Tokenizer::from_file(&path).unwrap();
         let text = "the cat sat on the café mat <|eos|>";
-        assert_eq!(tokenizer.encode(text).unwrap(), loaded.encode(text).unwrap());
+        assert_eq!(
+            tokenizer.encode(text).unwrap(),
+            loaded.encode(text).unwrap()
+        );
         assert_eq!(tokenizer.vocab_size(), loaded.vocab_size());
     }
 

@@ -27,7 +27,11 @@ pub struct ShardConfig {
 
 impl Default for ShardConfig {
     fn default() -> Self {
-        Self { val_fraction: 0.05, block_bytes: 8192, seed: 0 }
+        Self {
+            val_fraction: 0.05,
+            block_bytes: 8192,
+            seed: 0,
+        }
     }
 }
 
@@ -63,8 +67,10 @@ impl ShardMeta {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("meta.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::BadShard { path, reason: format!("bad meta.json: {e}") })
+        serde_json::from_str(&text).map_err(|e| Error::BadShard {
+            path,
+            reason: format!("bad meta.json: {e}"),
+        })
     }
 }
 
@@ -83,7 +89,9 @@ pub fn corpus_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect::<Result<Vec<_>>>()?;
             entries.sort();
             for entry in entries {
-                let hidden = entry.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                let hidden = entry
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
                 if !hidden {
                     walk(&entry, out)?;
                 }
@@ -164,9 +172,14 @@ pub fn write_shards(
     }
     let eos = tokenizer.special(Special::Eos)?;
     let files = corpus_files(paths)?;
-    let texts = files.iter().map(|f| read_text(f)).collect::<Result<Vec<_>>>()?;
+    let texts = files
+        .iter()
+        .map(|f| read_text(f))
+        .collect::<Result<Vec<_>>>()?;
     if texts.iter().all(|t| t.trim().is_empty()) {
-        return Err(Error::EmptyCorpus { paths: paths.to_vec() });
+        return Err(Error::EmptyCorpus {
+            paths: paths.to_vec(),
+        });
     }
 
     // (file index, block, is the file's last block, goes to validation)
@@ -176,9 +189,18 @@ pub fn write_shards(
         let n = file_blocks.len();
         let name = file.to_string_lossy();
         for (i, block) in file_blocks.into_iter().enumerate() {
-            let hash = fnv1a(&[&config.seed.to_le_bytes(), name.as_bytes(), &i.to_le_bytes()]);
+            let hash = fnv1a(&[
+                &config.seed.to_le_bytes(),
+                name.as_bytes(),
+                &i.to_le_bytes(),
+            ]);
             let is_val = (hash >> 11) as f64 / (1u64 << 53) as f64 <= config.val_fraction;
-            pieces.push((file_index, block, i + 1 == n, is_val && config.val_fraction > 0.0));
+            pieces.push((
+                file_index,
+                block,
+                i + 1 == n,
+                is_val && config.val_fraction > 0.0,
+            ));
         }
     }
     if config.val_fraction > 0.0 && !pieces.iter().any(|p| p.3) {
@@ -200,8 +222,11 @@ pub fn write_shards(
     let mut val = Vec::new();
     let (mut train_bytes, mut val_bytes) = (0u64, 0u64);
     for ((_, block, last_of_file, is_val), ids) in pieces.iter().zip(encoded) {
-        let (split, bytes) =
-            if *is_val { (&mut val, &mut val_bytes) } else { (&mut train, &mut train_bytes) };
+        let (split, bytes) = if *is_val {
+            (&mut val, &mut val_bytes)
+        } else {
+            (&mut train, &mut train_bytes)
+        };
         split.extend_from_slice(&ids);
         if *last_of_file {
             split.push(eos);
@@ -266,7 +291,10 @@ impl TokenShard {
         // written to a temporary file and renamed), so the mapped bytes cannot change.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let bad = |reason: &str| Error::BadShard { path: path.to_path_buf(), reason: reason.into() };
+        let bad = |reason: &str| Error::BadShard {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
         if map.len() < HEADER_BYTES || &map[..8] != MAGIC {
             return Err(bad("missing header"));
         }
@@ -274,7 +302,7 @@ impl TokenShard {
         if width != 2 && width != 4 {
             return Err(bad("token width is neither 2 nor 4 bytes"));
         }
-        if (map.len() - HEADER_BYTES) % width != 0 {
+        if !(map.len() - HEADER_BYTES).is_multiple_of(width) {
             return Err(bad("truncated"));
         }
         let len = (map.len() - HEADER_BYTES) / width;
@@ -322,7 +350,10 @@ mod tests {
     fn tokenizer() -> Tokenizer {
         Tokenizer::train_from_texts(
             &["to be or not to be, that is the question\n"],
-            &BpeConfig { vocab_size: 300, ..Default::default() },
+            &BpeConfig {
+                vocab_size: 300,
+                ..Default::default()
+            },
         )
         .unwrap()
     }
@@ -338,7 +369,10 @@ mod tests {
         write_shard(&dir.path().join("b.bin"), &wide, 100_000).unwrap();
         let shard = TokenShard::open(&dir.path().join("b.bin")).unwrap();
         assert_eq!((shard.len(), shard.get(1)), (3, 70_000));
-        assert_eq!(std::fs::metadata(dir.path().join("a.bin")).unwrap().len(), 16 + 2 * 5);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a.bin")).unwrap().len(),
+            16 + 2 * 5
+        );
     }
 
     #[test]
@@ -349,21 +383,44 @@ mod tests {
         let line = "to be or not to be, that is the question\n";
         std::fs::write(corpus.join("a.txt"), line.repeat(400)).unwrap();
         std::fs::write(corpus.join("b.txt"), line.repeat(50)).unwrap();
-        let config = ShardConfig { val_fraction: 0.2, block_bytes: 256, seed: 3 };
+        let config = ShardConfig {
+            val_fraction: 0.2,
+            block_bytes: 256,
+            seed: 3,
+        };
         let tok = tokenizer();
-        let a = write_shards(&tok, &[corpus.clone()], &dir.path().join("s1"), &config).unwrap();
-        let b = write_shards(&tok, &[corpus.clone()], &dir.path().join("s2"), &config).unwrap();
+        let a = write_shards(
+            &tok,
+            std::slice::from_ref(&corpus),
+            &dir.path().join("s1"),
+            &config,
+        )
+        .unwrap();
+        let b = write_shards(
+            &tok,
+            std::slice::from_ref(&corpus),
+            &dir.path().join("s2"),
+            &config,
+        )
+        .unwrap();
         assert_eq!(a.train_tokens, b.train_tokens);
         assert_eq!(a.val_tokens, b.val_tokens);
         assert!(a.val_tokens > 0 && a.train_tokens > a.val_tokens);
         assert_eq!(a.train_bytes + a.val_bytes, (line.len() * 450) as u64);
         let train = std::fs::read(dir.path().join("s1/train.bin")).unwrap();
-        assert_eq!(train, std::fs::read(dir.path().join("s2/train.bin")).unwrap());
+        assert_eq!(
+            train,
+            std::fs::read(dir.path().join("s2/train.bin")).unwrap()
+        );
         // Both files end with EOS in one split or the other: two EOS in all.
         let eos = tok.special(Special::Eos).unwrap();
         let count = |name: &str| {
             let shard = TokenShard::open(&dir.path().join("s1").join(name)).unwrap();
-            shard.window(0, shard.len()).into_iter().filter(|&t| t == eos).count()
+            shard
+                .window(0, shard.len())
+                .into_iter()
+                .filter(|&t| t == eos)
+                .count()
         };
         assert_eq!(count("train.bin") + count("val.bin"), 2);
     }
@@ -373,17 +430,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.txt");
         std::fs::write(&bad, b"ok\xff\xfe").unwrap();
-        let err = write_shards(&tokenizer(), &[bad.clone()], dir.path(), &ShardConfig::default())
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidUtf8 { ref path, offset: 2 } if *path == bad), "{err}");
+        let err = write_shards(
+            &tokenizer(),
+            std::slice::from_ref(&bad),
+            dir.path(),
+            &ShardConfig::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidUtf8 { ref path, offset: 2 } if *path == bad),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_corpus_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty.txt"), "  \n").unwrap();
-        let err = write_shards(&tokenizer(), &[dir.path().to_path_buf()], &dir.path().join("o"), &ShardConfig::default())
-            .unwrap_err();
+        let err = write_shards(
+            &tokenizer(),
+            &[dir.path().to_path_buf()],
+            &dir.path().join("o"),
+            &ShardConfig::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::EmptyCorpus { .. }), "{err}");
     }
 

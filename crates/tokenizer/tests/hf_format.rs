@@ -7,7 +7,9 @@ use ember_tokenizer::{Special, Tokenizer};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
 }
 
 fn expected() -> Value {
@@ -19,7 +21,12 @@ fn check_ids(tokenizer: &Tokenizer, cases: &Value) {
     assert!(cases.len() >= 5);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let ids = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>();
+        let ids = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>();
         assert_eq!(tokenizer.encode(text).unwrap(), ids, "{text:?}");
         assert_eq!(tokenizer.decode(&ids).unwrap(), text);
     }
@@ -38,8 +45,12 @@ fn ember_still_writes_that_format() {
     let tokenizer = Tokenizer::from_file(fixture("ember-tokenizer.json")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     tokenizer.save(dir.path().join("again.json")).unwrap();
-    let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture("ember-tokenizer.json")).unwrap()).unwrap();
-    let again: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("again.json")).unwrap()).unwrap();
+    let original: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("ember-tokenizer.json")).unwrap())
+            .unwrap();
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("again.json")).unwrap())
+            .unwrap();
     assert_eq!(original, again);
     assert_eq!(again["pre_tokenizer"]["type"], "ByteLevel");
     assert_eq!(again["model"]["type"], "BPE");
@@ -52,12 +63,18 @@ fn a_gpt2_layout_file_loads_and_gets_embers_special_tokens() {
     check_ids(&tokenizer, &expected["gpt2_layout"]);
     let vocab = expected["gpt2_layout_vocab_size"].as_u64().unwrap() as usize;
     assert_eq!(tokenizer.vocab_size(), vocab);
-    assert!(matches!(tokenizer.special(Special::Pad), Err(ember_tokenizer::Error::UnknownSpecialToken { .. })));
+    assert!(matches!(
+        tokenizer.special(Special::Pad),
+        Err(ember_tokenizer::Error::UnknownSpecialToken { .. })
+    ));
     assert_eq!(tokenizer.add_missing_special_tokens(), Special::ALL.len());
     // Added after the existing ids, which keep their meaning.
     assert_eq!(tokenizer.special(Special::Bos).unwrap() as usize, vocab);
     assert_eq!(tokenizer.vocab_size(), vocab + Special::ALL.len());
-    assert_eq!(tokenizer.encode("<|pad|>").unwrap(), vec![tokenizer.special(Special::Pad).unwrap()]);
+    assert_eq!(
+        tokenizer.encode("<|pad|>").unwrap(),
+        vec![tokenizer.special(Special::Pad).unwrap()]
+    );
     assert_eq!(tokenizer.token_id("<|endoftext|>").unwrap(), 0);
     assert_eq!(tokenizer.add_missing_special_tokens(), 0);
 }

@@ -12,8 +12,14 @@ fn tokenizer() -> &'static Tokenizer {
             "无监督训练。 Translate into English: 无监督训练。 Translation: Unsupervised training.",
             "Café, naïve, über, 🙂🚀, tabs\tand   runs of   spaces\n\n\n",
         ];
-        Tokenizer::train_from_texts(&texts, &BpeConfig { vocab_size: 400, ..Default::default() })
-            .unwrap()
+        Tokenizer::train_from_texts(
+            &texts,
+            &BpeConfig {
+                vocab_size: 400,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     })
 }
 
@@ -37,7 +43,17 @@ proptest! {
 
 #[test]
 fn fixed_hard_cases_round_trip() {
-    for text in ["", " ", "\n", "  leading", "trailing  ", "\u{0}", "a\r\nb", "👩‍👩‍👧‍👦", "無監督"] {
+    for text in [
+        "",
+        " ",
+        "\n",
+        "  leading",
+        "trailing  ",
+        "\u{0}",
+        "a\r\nb",
+        "👩‍👩‍👧‍👦",
+        "無監督",
+    ] {
         let ids = tokenizer().encode(text).unwrap();
         assert_eq!(tokenizer().decode(&ids).unwrap(), text, "{ids:?}");
     }

@@ -24,17 +24,27 @@ pub(crate) type FileRecorder = NamedMpkFileRecorder<FullPrecisionSettings>;
 pub(crate) fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<()> {
     Recorder::<B>::record(&FileRecorder::new(), record, path.to_path_buf())
         .map(|_| ())
-        .map_err(|e| Error::Record { path: path.with_extension("mpk"), reason: e.to_string() })
+        .map_err(|e| Error::Record {
+            path: path.with_extension("mpk"),
+            reason: e.to_string(),
+        })
 }
 
 /// Loads one record from `path` (without `.mpk`).
 pub(crate) fn load_record<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
     let file = path.with_extension("mpk");
     if !file.exists() {
-        return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(Error::io(
+            &file,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
-    Recorder::<B>::load(&FileRecorder::new(), path.to_path_buf(), device)
-        .map_err(|e| Error::Record { path: file, reason: e.to_string() })
+    Recorder::<B>::load(&FileRecorder::new(), path.to_path_buf(), device).map_err(|e| {
+        Error::Record {
+            path: file,
+            reason: e.to_string(),
+        }
+    })
 }
 
 fn step_dir(dir: &Path, step: usize) -> PathBuf {
@@ -96,7 +106,11 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
     let mut steps = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
         .collect::<Vec<_>>();
     steps.sort();
     let excess = steps.len().saturating_sub(keep);

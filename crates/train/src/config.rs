@@ -109,9 +109,15 @@ impl TrainConfig {
         } else if !(o.lr > 0.0 && o.lr.is_finite()) {
             Some(format!("lr must be positive, got {}", o.lr))
         } else if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            Some(format!("min_lr_ratio must be in [0, 1], got {}", o.min_lr_ratio))
+            Some(format!(
+                "min_lr_ratio must be in [0, 1], got {}",
+                o.min_lr_ratio
+            ))
         } else if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
-            Some(format!("betas must be in [0, 1), got {} and {}", o.beta1, o.beta2))
+            Some(format!(
+                "betas must be in [0, 1), got {} and {}",
+                o.beta1, o.beta2
+            ))
         } else if o.eps <= 0.0 || o.weight_decay < 0.0 {
             Some("eps must be positive and weight_decay non-negative".into())
         } else if o.grad_clip.is_some_and(|c| c <= 0.0) {
@@ -131,7 +137,12 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
-        let o = OptimizerConfig { lr: 1.0, min_lr_ratio: 0.1, warmup_steps: 10, ..Default::default() };
+        let o = OptimizerConfig {
+            lr: 1.0,
+            min_lr_ratio: 0.1,
+            warmup_steps: 10,
+            ..Default::default()
+        };
         assert!((o.lr_at(0, 110) - 0.1).abs() < 1e-12);
         assert!((o.lr_at(9, 110) - 1.0).abs() < 1e-12);
         assert!((o.lr_at(10, 110) - 1.0).abs() < 1e-12);
@@ -148,7 +159,10 @@ mod tests {
         let mut c = TrainConfig::default();
         c.optimizer.lr = -1.0;
         assert!(c.validate().is_err());
-        let c = TrainConfig { grad_accumulation: 0, ..Default::default() };
+        let c = TrainConfig {
+            grad_accumulation: 0,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
         assert!(TrainConfig::default().validate().is_ok());
     }

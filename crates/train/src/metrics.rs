@@ -37,7 +37,9 @@ impl MetricsLog {
                 .collect()
         };
         ember_tokenizer::write_atomically(path, kept.as_bytes())?;
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends one line.

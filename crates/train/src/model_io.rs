@@ -20,7 +20,8 @@ pub fn save_model<B: Backend>(model: &Gpt<B>, dir: &Path) -> Result<()> {
     let tmp = dir.join(".model.tmp");
     save_record::<B, _>(model.clone().into_record(), &tmp)?;
     let final_path = dir.join("model.mpk");
-    std::fs::rename(tmp.with_extension("mpk"), &final_path).map_err(|e| Error::io(&final_path, e))?;
+    std::fs::rename(tmp.with_extension("mpk"), &final_path)
+        .map_err(|e| Error::io(&final_path, e))?;
     ember_tokenizer::write_atomically(&dir.join("model.json"), json.as_bytes())?;
     Ok(())
 }

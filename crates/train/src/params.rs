@@ -83,7 +83,11 @@ fn for_each_grad<B: AutodiffBackend, M: AutodiffModule<B>, F: GradFn<B::InnerBac
     grads: &mut GradientsParams,
     f: F,
 ) -> F {
-    let mut visitor = GradVisitor::<B, F> { grads, f, _backend: std::marker::PhantomData };
+    let mut visitor = GradVisitor::<B, F> {
+        grads,
+        f,
+        _backend: std::marker::PhantomData,
+    };
     module.visit(&mut visitor);
     visitor.f
 }
@@ -112,9 +116,13 @@ impl<B: Backend> GradFn<B> for Scale {
 }
 
 /// The L2 norm of all gradients together (one device sync).
-pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams) -> f64 {
+pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+) -> f64 {
     let norm = for_each_grad::<B, M, _>(module, grads, SquaredNorm { total: None });
-    norm.total.map_or(0.0, |t| f64::from(t.into_scalar().elem::<f32>()).sqrt())
+    norm.total
+        .map_or(0.0, |t| f64::from(t.into_scalar().elem::<f32>()).sqrt())
 }
 
 /// Scales every gradient so that their global norm is at most `max_norm` (PyTorch's
@@ -152,7 +160,11 @@ pub fn split_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    let mut mover = Mover { from: grads, ids, taken: GradientsParams::new() };
+    let mut mover = Mover {
+        from: grads,
+        ids,
+        taken: GradientsParams::new(),
+    };
     module.visit::<Mover<'_>>(&mut mover);
     mover.taken
 }

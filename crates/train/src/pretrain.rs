@@ -29,7 +29,12 @@ pub struct PretrainConfig {
 
 impl Default for PretrainConfig {
     fn default() -> Self {
-        Self { batch_size: 16, seq_len: 128, seed: 0, eval_windows: 64 }
+        Self {
+            batch_size: 16,
+            seq_len: 128,
+            seed: 0,
+            eval_windows: 64,
+        }
     }
 }
 
@@ -45,7 +50,8 @@ pub struct Pretraining<B: Backend> {
 
 /// Mixes a seed with a step and a micro-batch index (SplitMix64's finaliser).
 fn mix(seed: u64, step: usize, micro: usize) -> u64 {
-    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).rotate_left(32);
+    let mut z =
+        seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).rotate_left(32);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -58,7 +64,9 @@ impl<B: Backend> Pretraining<B> {
     /// Missing or damaged shards, a split shorter than one window, or a bad config.
     pub fn open(dir: &Path, config: PretrainConfig, device: &B::Device) -> Result<Self> {
         if config.batch_size == 0 || config.seq_len == 0 {
-            return Err(Error::Config("batch_size and seq_len must be at least 1".into()));
+            return Err(Error::Config(
+                "batch_size and seq_len must be at least 1".into(),
+            ));
         }
         let train = TokenShard::open(&dir.join("train.bin"))?;
         let val = TokenShard::open(&dir.join("val.bin"))?;
@@ -72,7 +80,13 @@ impl<B: Backend> Pretraining<B> {
                 )));
             }
         }
-        Ok(Self { train, val, meta, config, device: device.clone() })
+        Ok(Self {
+            train,
+            val,
+            meta,
+            config,
+            device: device.clone(),
+        })
     }
 
     /// The shards' metadata.
@@ -97,29 +111,45 @@ impl<B: Backend> Pretraining<B> {
     /// From the model (never, for well-formed shards).
     pub fn evaluate<C: Backend<Device = B::Device>>(&self, model: &Gpt<C>) -> Result<(f64, f64)> {
         let window = self.config.seq_len + 1;
-        let n_windows = ((self.val.len() - 1) / self.config.seq_len).min(self.config.eval_windows).max(1);
-        let starts = (0..n_windows).map(|i| i * self.config.seq_len).collect::<Vec<_>>();
+        let n_windows = ((self.val.len() - 1) / self.config.seq_len)
+            .min(self.config.eval_windows)
+            .max(1);
+        let starts = (0..n_windows)
+            .map(|i| i * self.config.seq_len)
+            .collect::<Vec<_>>();
         let (mut total, mut count) = (0.0, 0usize);
         for chunk in starts.chunks(self.config.batch_size) {
-            let rows = chunk.iter().map(|&s| self.val.window(s, window)).collect::<Vec<_>>();
+            let rows = chunk
+                .iter()
+                .map(|&s| self.val.window(s, window))
+                .collect::<Vec<_>>();
             let batch = TokenBatch::<C>::from_rows(&rows, &self.device)?;
             let loss = f64::from(model.loss(&batch)?.into_scalar().elem::<f32>());
             total += loss * batch.n_targets as f64;
             count += batch.n_targets;
         }
         let loss = total / count as f64;
-        Ok((loss, loss / std::f64::consts::LN_2 * self.meta.val_tokens_per_byte()))
+        Ok((
+            loss,
+            loss / std::f64::consts::LN_2 * self.meta.val_tokens_per_byte(),
+        ))
     }
 }
 
 impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Pretraining<B> {
     fn loss(&mut self, model: &Gpt<B>, step: usize, micro: usize) -> Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.train_rows(step, micro), &self.device)?;
-        Ok(Loss { value: model.loss(&batch)?, tokens: batch.n_targets })
+        Ok(Loss {
+            value: model.loss(&batch)?,
+            tokens: batch.n_targets,
+        })
     }
 
     fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
         let (loss, bits_per_byte) = self.evaluate(model)?;
-        Ok(vec![("loss".into(), loss), ("bits_per_byte".into(), bits_per_byte)])
+        Ok(vec![
+            ("loss".into(), loss),
+            ("bits_per_byte".into(), bits_per_byte),
+        ])
     }
 }

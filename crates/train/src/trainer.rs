@@ -12,7 +12,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::checkpoint::{latest_checkpoint, load_record, read_state, save_record, write_checkpoint, TrainState};
+use crate::checkpoint::{
+    latest_checkpoint, load_record, read_state, save_record, write_checkpoint, TrainState,
+};
 use crate::params::{clip_global_norm, global_grad_norm, split_grads, DecayGroups};
 use crate::{Error, MetricsLog, Result, TrainConfig};
 
@@ -104,35 +106,59 @@ fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(config: &TrainConfig, decay: 
 /// # Errors
 /// A bad config, data errors from the objective, a loss that diverges, or files that cannot
 /// be read or written.
-pub fn fit<B, M, O>(model: M, objective: &mut O, config: &TrainConfig, run: &RunDir) -> Result<(M, FitSummary)>
+pub fn fit<B, M, O>(
+    model: M,
+    objective: &mut O,
+    config: &TrainConfig,
+    run: &RunDir,
+) -> Result<(M, FitSummary)>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
     O: Objective<B, M>,
 {
     config.validate()?;
-    let device = model.devices().into_iter().next().expect("a model lives on a device");
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model lives on a device");
     let mut decayed: Adam<M, B> = adamw(config, config.optimizer.weight_decay);
     let mut undecayed: Adam<M, B> = adamw(config, 0.0);
     let mut model = model;
-    let mut state = TrainState { step: 0, tokens_seen: 0 };
+    let mut state = TrainState {
+        step: 0,
+        tokens_seen: 0,
+    };
     let mut resumed_from = None;
 
     if let Some(checkpoint) = latest_checkpoint(&run.checkpoints())? {
         state = read_state(&checkpoint)?;
         model = model.load_record(load_record::<B, _>(&checkpoint.join("model"), &device)?);
-        decayed = decayed.load_record(load_record::<B, _>(&checkpoint.join("optim-decay"), &device)?);
-        undecayed = undecayed.load_record(load_record::<B, _>(&checkpoint.join("optim-no-decay"), &device)?);
+        decayed = decayed.load_record(load_record::<B, _>(
+            &checkpoint.join("optim-decay"),
+            &device,
+        )?);
+        undecayed = undecayed.load_record(load_record::<B, _>(
+            &checkpoint.join("optim-no-decay"),
+            &device,
+        )?);
         resumed_from = Some(state.step);
     }
     // After loading: a checkpoint brings its own parameter ids.
     let groups = DecayGroups::of::<B, M>(&model);
     let metrics = MetricsLog::open(&run.metrics(), state.step)?;
 
-    let progress = if config.progress { ProgressBar::new(config.steps as u64) } else { ProgressBar::hidden() };
+    let progress = if config.progress {
+        ProgressBar::new(config.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
     );
     progress.set_position(state.step as u64);
     if let Some(step) = resumed_from {
@@ -161,7 +187,10 @@ where
             accumulator.accumulate(&model, grads);
         }
         if !loss_sum.is_finite() {
-            return Err(Error::Diverged { step, loss: loss_sum });
+            return Err(Error::Diverged {
+                step,
+                loss: loss_sum,
+            });
         }
         let mut grads = accumulator.grads();
         let grad_norm = match config.optimizer.grad_clip {
@@ -192,19 +221,36 @@ where
             ],
         )?;
         progress.set_position(state.step as u64);
-        progress.set_message(format!("loss {loss_sum:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"));
+        progress.set_message(format!(
+            "loss {loss_sum:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
+        ));
 
         let last = state.step == config.steps;
-        if last || config.eval_every.is_some_and(|n| state.step % n.get() == 0) {
+        if last
+            || config
+                .eval_every
+                .is_some_and(|n| state.step.is_multiple_of(n.get()))
+        {
             validation = objective.validate(&model.valid())?;
             metrics.append(state.step, "val", &validation)?;
-            let shown = validation.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>();
+            let shown = validation
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>();
             // `suspend` prints whether or not the bar is drawn (it is hidden off a terminal).
             progress.suspend(|| {
-                println!("step {:>6}  train loss {loss_sum:.4}  val {}", state.step, shown.join("  "));
+                println!(
+                    "step {:>6}  train loss {loss_sum:.4}  val {}",
+                    state.step,
+                    shown.join("  ")
+                );
             });
         }
-        if last || config.checkpoint_every.is_some_and(|n| state.step % n.get() == 0) {
+        if last
+            || config
+                .checkpoint_every
+                .is_some_and(|n| state.step.is_multiple_of(n.get()))
+        {
             write_checkpoint(&run.checkpoints(), &state, config.keep_checkpoints, |dir| {
                 save_record::<B, _>(model.clone().into_record(), &dir.join("model"))?;
                 save_record::<B, _>(decayed.to_record(), &dir.join("optim-decay"))?;
@@ -218,5 +264,14 @@ where
         validation = objective.validate(&model.valid())?;
     }
     let tokens_per_second = tokens_this_call as f64 / training_seconds.max(1e-9);
-    Ok((model, FitSummary { resumed_from, train_losses, validation, step_seconds, tokens_per_second }))
+    Ok((
+        model,
+        FitSummary {
+            resumed_from,
+            train_losses,
+            validation,
+            step_seconds,
+            tokens_per_second,
+        },
+    ))
 }

@@ -10,8 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 use ember_tokenizer::{write_shards, BpeConfig, ShardConfig, Tokenizer};
 use ember_train::{
-    clip_global_norm, fit, global_grad_norm, load_model, save_model, DecayGroups, Error, Loss, Objective,
-    OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig,
+    clip_global_norm, fit, global_grad_norm, load_model, save_model, DecayGroups, Error, Loss,
+    Objective, OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig,
 };
 use ember_transformer::{Architecture, Gpt, GptConfig, TokenBatch};
 
@@ -28,7 +28,11 @@ fn quiet(steps: usize) -> TrainConfig {
         progress: false,
         eval_every: NonZeroUsize::new(steps),
         checkpoint_every: NonZeroUsize::new(3),
-        optimizer: OptimizerConfig { lr: 3e-3, warmup_steps: 2, ..Default::default() },
+        optimizer: OptimizerConfig {
+            lr: 3e-3,
+            warmup_steps: 2,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -39,14 +43,25 @@ struct OneBatch {
 }
 
 impl Objective<B, Gpt<B>> for OneBatch {
-    fn loss(&mut self, model: &Gpt<B>, _step: usize, _micro: usize) -> ember_train::Result<Loss<B>> {
+    fn loss(
+        &mut self,
+        model: &Gpt<B>,
+        _step: usize,
+        _micro: usize,
+    ) -> ember_train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
-        Ok(Loss { value: model.loss(&batch)?, tokens: batch.n_targets })
+        Ok(Loss {
+            value: model.loss(&batch)?,
+            tokens: batch.n_targets,
+        })
     }
 
     fn validate(&mut self, model: &Gpt<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
         let batch = TokenBatch::<Inner>::from_rows(&self.rows, &Default::default())?;
-        Ok(vec![("loss".into(), f64::from(model.loss(&batch)?.into_scalar().elem::<f32>()))])
+        Ok(vec![(
+            "loss".into(),
+            f64::from(model.loss(&batch)?.into_scalar().elem::<f32>()),
+        )])
     }
 }
 
@@ -55,27 +70,45 @@ fn a_tiny_model_overfits_one_batch() {
     for architecture in [Architecture::Llama, Architecture::Gpt2] {
         let device = Default::default();
         B::seed(&device, 1);
-        let model = tiny_config(64).with_architecture(architecture).init::<B>(&device).unwrap();
-        let rows = (0..4).map(|r| (0..17).map(|i| ((i * 7 + r * 13) % 64) as u32).collect()).collect();
+        let model = tiny_config(64)
+            .with_architecture(architecture)
+            .init::<B>(&device)
+            .unwrap();
+        let rows = (0..4)
+            .map(|r| (0..17).map(|i| ((i * 7 + r * 13) % 64) as u32).collect())
+            .collect();
         let mut objective = OneBatch { rows };
         let dir = tempfile::tempdir().unwrap();
-        let config = TrainConfig { checkpoint_every: None, ..quiet(200) };
+        let config = TrainConfig {
+            checkpoint_every: None,
+            ..quiet(200)
+        };
         let (_, summary) = fit(model, &mut objective, &config, &RunDir::new(dir.path())).unwrap();
         let first = summary.train_losses[0];
         let last = summary.validation[0].1;
         // ln 64 = 4.16 at the start; memorised at the end.
-        assert!((first - 64f64.ln()).abs() < 0.3, "{architecture:?}: first loss {first}");
-        assert!(last < 0.05, "{architecture:?}: still {last} after 200 steps");
+        assert!(
+            (first - 64f64.ln()).abs() < 0.3,
+            "{architecture:?}: first loss {first}"
+        );
+        assert!(
+            last < 0.05,
+            "{architecture:?}: still {last} after 200 steps"
+        );
     }
 }
 
 fn write_corpus(dir: &Path) -> std::path::PathBuf {
-    let words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house"];
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house",
+    ];
     let mut text = String::new();
     let mut state = 12345u64;
     for line in 0..400 {
         for _ in 0..(6 + line % 5) {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             text.push_str(words[(state >> 33) as usize % words.len()]);
             text.push(' ');
         }
@@ -83,14 +116,35 @@ fn write_corpus(dir: &Path) -> std::path::PathBuf {
     }
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, &text).unwrap();
-    let tokenizer = Tokenizer::train_from_texts(&[text], &BpeConfig { vocab_size: 300, ..Default::default() }).unwrap();
+    let tokenizer = Tokenizer::train_from_texts(
+        &[text],
+        &BpeConfig {
+            vocab_size: 300,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let shards = dir.join("shards");
-    write_shards(&tokenizer, &[corpus], &shards, &ShardConfig { block_bytes: 512, ..Default::default() }).unwrap();
+    write_shards(
+        &tokenizer,
+        &[corpus],
+        &shards,
+        &ShardConfig {
+            block_bytes: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     shards
 }
 
 fn pretraining(shards: &Path) -> Pretraining<B> {
-    let config = PretrainConfig { batch_size: 4, seq_len: 16, seed: 9, eval_windows: 8 };
+    let config = PretrainConfig {
+        batch_size: 4,
+        seq_len: 16,
+        seed: 9,
+        eval_windows: 8,
+    };
     Pretraining::open(shards, config, &Default::default()).unwrap()
 }
 
@@ -122,21 +176,30 @@ fn resuming_reproduces_the_uninterrupted_run() {
         B::seed(&device, 5);
         tiny_config(300).init::<B>(&device).unwrap()
     };
-    let config = TrainConfig { grad_accumulation: 2, ..quiet(8) };
+    let config = TrainConfig {
+        grad_accumulation: 2,
+        ..quiet(8)
+    };
 
     let whole = RunDir::new(dir.path().join("whole"));
     let (_, uninterrupted) = fit(fresh(), &mut pretraining(&shards), &config, &whole).unwrap();
     assert_eq!(uninterrupted.train_losses.len(), 8);
 
     let broken = RunDir::new(dir.path().join("broken"));
-    let mut crashing = CrashAt { inner: pretraining(&shards), step: 4 };
+    let mut crashing = CrashAt {
+        inner: pretraining(&shards),
+        step: 4,
+    };
     assert!(fit(fresh(), &mut crashing, &config, &broken).is_err());
     // A different initialisation: resuming must replace it with the checkpoint's weights.
     B::seed(&device, 99);
     let other = tiny_config(300).init::<B>(&device).unwrap();
     let (_, resumed) = fit(other, &mut pretraining(&shards), &config, &broken).unwrap();
     assert_eq!(resumed.resumed_from, Some(3));
-    assert_eq!(resumed.train_losses, uninterrupted.train_losses[3..].to_vec());
+    assert_eq!(
+        resumed.train_losses,
+        uninterrupted.train_losses[3..].to_vec()
+    );
     assert_eq!(resumed.validation, uninterrupted.validation);
 
     // The metrics log holds each step once, in order.
@@ -144,7 +207,11 @@ fn resuming_reproduces_the_uninterrupted_run() {
     let train_steps = log
         .lines()
         .filter(|l| l.contains("\"train\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect::<Vec<_>>();
     assert_eq!(train_steps, (1..=8).collect::<Vec<_>>());
     // Only the newest checkpoints are kept (keep_checkpoints = 2): steps 6 and 8.
@@ -166,7 +233,13 @@ fn pretraining_lowers_validation_loss_and_reports_bits_per_byte() {
     let objective = pretraining(&shards);
     let (before, bpb_before) = objective.evaluate(&model.valid()).unwrap();
     let mut objective = objective;
-    let (_, summary) = fit(model, &mut objective, &quiet(60), &RunDir::new(dir.path().join("run"))).unwrap();
+    let (_, summary) = fit(
+        model,
+        &mut objective,
+        &quiet(60),
+        &RunDir::new(dir.path().join("run")),
+    )
+    .unwrap();
     let after = summary.validation[0].1;
     assert!(after < before * 0.7, "validation loss {before} → {after}");
     // Bits per byte is the loss in bits scaled by tokens per byte.
@@ -181,7 +254,10 @@ fn save_then_load_gives_identical_logits() {
     let device = Default::default();
     for architecture in [Architecture::Llama, Architecture::Gpt2] {
         Inner::seed(&device, 3);
-        let model = tiny_config(50).with_architecture(architecture).init::<Inner>(&device).unwrap();
+        let model = tiny_config(50)
+            .with_architecture(architecture)
+            .init::<Inner>(&device)
+            .unwrap();
         let path = dir.path().join(format!("{architecture:?}"));
         save_model(&model, &path).unwrap();
         Inner::seed(&device, 4);
@@ -206,7 +282,10 @@ fn decay_groups_hold_matrices_outside_embeddings() {
     // and the final norm.
     assert_eq!(groups.decay.len(), 2 * 5);
     assert_eq!(groups.no_decay.len(), 1 + 2 * 2 + 1);
-    let gpt2 = tiny_config(50).with_architecture(Architecture::Gpt2).init::<Inner>(&device).unwrap();
+    let gpt2 = tiny_config(50)
+        .with_architecture(Architecture::Gpt2)
+        .init::<Inner>(&device)
+        .unwrap();
     let groups = DecayGroups::of::<Inner, _>(&gpt2);
     // Per layer: qkv, proj, up, down. Not decayed: 2 embeddings, 4 biases and 2 LayerNorms
     // (gain and bias each) per layer, and the final LayerNorm's two.

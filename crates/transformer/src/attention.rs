@@ -45,7 +45,8 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// Splits `[batch, seq, d]` into heads: `[batch, heads, seq, head_dim]`.
     fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [batch, seq, d] = x.dims();
-        x.reshape([batch, seq, self.n_heads, d / self.n_heads]).swap_dims(1, 2)
+        x.reshape([batch, seq, self.n_heads, d / self.n_heads])
+            .swap_dims(1, 2)
     }
 
     fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
@@ -55,21 +56,40 @@ impl<B: Backend> CausalSelfAttention<B> {
         let key = self.heads(qkv.clone().narrow(2, d, d));
         let value = self.heads(qkv.narrow(2, 2 * d, d));
         match context.rope {
-            Some(rope) => [rope.apply(query, context.positions), rope.apply(key, context.positions), value],
+            Some(rope) => [
+                rope.apply(query, context.positions),
+                rope.apply(key, context.positions),
+                value,
+            ],
             None => [query, key, value],
         }
     }
 
-    fn attend(&self, query: Tensor<B, 4>, key: Tensor<B, 4>, value: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
+    fn attend(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> Tensor<B, 3> {
         let [batch, heads, seq, head_dim] = query.dims();
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
         let out = attention(query, key, value, mask, None, options);
-        self.proj.forward(out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]))
+        self.proj
+            .forward(out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]))
     }
 
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → same
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, context: AttentionContext<'_, B>) -> Tensor<B, 3> {
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        context: AttentionContext<'_, B>,
+    ) -> Tensor<B, 3> {
         let [query, key, value] = self.project(x, &context);
         self.attend(query, key, value, context.mask)
     }

@@ -29,8 +29,15 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, context: AttentionContext<'_, B>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attention.forward(self.attention_norm.forward(x), context);
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        context: AttentionContext<'_, B>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone()
+            + self
+                .attention
+                .forward(self.attention_norm.forward(x), context);
         x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
     }
 
@@ -41,7 +48,12 @@ impl<B: Backend> Block<B> {
         layer: usize,
         cache: &mut crate::KvCache<B>,
     ) -> Tensor<B, 3> {
-        let attended = self.attention.forward_cached(self.attention_norm.forward(x.clone()), context, layer, cache);
+        let attended = self.attention.forward_cached(
+            self.attention_norm.forward(x.clone()),
+            context,
+            layer,
+            cache,
+        );
         let x = x + attended;
         x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
     }

@@ -21,13 +21,21 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model of `n_layers` and rows with no padding.
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers], left_padding: Vec::new(), len: 0 }
+        Self {
+            layers: vec![None; n_layers],
+            left_padding: Vec::new(),
+            len: 0,
+        }
     }
 
     /// An empty cache for a left-padded batch: row `b` starts with `left_padding[b]` pad
     /// tokens, which get no position and are masked out of attention.
     pub fn with_left_padding(n_layers: usize, left_padding: Vec<usize>) -> Self {
-        Self { layers: vec![None; n_layers], left_padding, len: 0 }
+        Self {
+            layers: vec![None; n_layers],
+            left_padding,
+            len: 0,
+        }
     }
 
     /// Tokens cached so far.
@@ -49,19 +57,32 @@ impl<B: Backend> KvCache<B> {
         if !self.padded() {
             return Positions::Contiguous { start: self.len };
         }
-        assert_eq!(self.left_padding.len(), batch, "left padding given for another batch size");
+        assert_eq!(
+            self.left_padding.len(),
+            batch,
+            "left padding given for another batch size"
+        );
         let ids = self
             .left_padding
             .iter()
             .flat_map(|&pad| (self.len..self.len + seq).map(move |t| t.saturating_sub(pad) as i64))
             .collect::<Vec<_>>();
-        Positions::PerToken(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device))
+        Positions::PerToken(Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [batch, seq]),
+            device,
+        ))
     }
 
     /// The attention mask for the next `seq` queries against every key (`true` = hidden), or
     /// `None` when no row is padded. Pad keys are hidden; a pad query sees only key 0 (also a
     /// pad), so that no softmax row is empty and no NaN can appear.
-    pub(crate) fn mask(&self, batch: usize, heads: usize, seq: usize, device: &B::Device) -> Option<Tensor<B, 4, Bool>> {
+    pub(crate) fn mask(
+        &self,
+        batch: usize,
+        heads: usize,
+        seq: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 4, Bool>> {
         if !self.padded() {
             return None;
         }
@@ -74,17 +95,24 @@ impl<B: Backend> KvCache<B> {
                 }
             }
         }
-        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [batch, 1, seq, keys]), device);
+        let mask =
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [batch, 1, seq, keys]), device);
         Some(mask.expand([batch, heads, seq, keys]))
     }
 
     /// Appends a layer's new keys and values and returns all of them.
-    pub(crate) fn update(&mut self, layer: usize, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub(crate) fn update(
+        &mut self,
+        layer: usize,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let updated = match self.layers[layer].take() {
             None => (keys, values),
-            Some((past_keys, past_values)) => {
-                (Tensor::cat(vec![past_keys, keys], 2), Tensor::cat(vec![past_values, values], 2))
-            }
+            Some((past_keys, past_values)) => (
+                Tensor::cat(vec![past_keys, keys], 2),
+                Tensor::cat(vec![past_values, values], 2),
+            ),
         };
         self.layers[layer] = Some(updated.clone());
         updated

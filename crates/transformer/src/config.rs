@@ -93,11 +93,17 @@ impl GptConfig {
         if self.max_seq_len == 0 {
             return fail("max_seq_len must be positive".into());
         }
-        if self.d_model % self.n_heads != 0 {
-            return fail(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return fail(format!(
+                "d_model {} is not divisible by n_heads {}",
+                self.d_model, self.n_heads
+            ));
         }
-        if self.architecture == Architecture::Llama && self.head_dim() % 2 != 0 {
-            return fail(format!("rotary embeddings need an even head width, got {}", self.head_dim()));
+        if self.architecture == Architecture::Llama && !self.head_dim().is_multiple_of(2) {
+            return fail(format!(
+                "rotary embeddings need an even head width, got {}",
+                self.head_dim()
+            ));
         }
         Ok(())
     }
@@ -108,11 +114,18 @@ impl GptConfig {
         let hidden = self.mlp_hidden();
         let (attention, mlp, norms, positions) = match self.architecture {
             Architecture::Llama => (4 * d * d, 3 * d * hidden, 2 * d, 0),
-            Architecture::Gpt2 => {
-                (4 * d * d + 4 * d, 2 * d * hidden + hidden + d, 4 * d, self.max_seq_len * d)
-            }
+            Architecture::Gpt2 => (
+                4 * d * d + 4 * d,
+                2 * d * hidden + hidden + d,
+                4 * d,
+                self.max_seq_len * d,
+            ),
         };
-        let final_norm = if self.architecture == Architecture::Gpt2 { 2 * d } else { d };
+        let final_norm = if self.architecture == Architecture::Gpt2 {
+            2 * d
+        } else {
+            d
+        };
         self.vocab_size * d + positions + self.n_layers * (attention + mlp + norms) + final_norm
     }
 }

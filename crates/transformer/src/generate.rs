@@ -26,7 +26,13 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 64, sampling: Sampling::Greedy, stop_tokens: Vec::new(), pad_token: 0, seed: 0 }
+        Self {
+            max_new_tokens: 64,
+            sampling: Sampling::Greedy,
+            stop_tokens: Vec::new(),
+            pad_token: 0,
+            seed: 0,
+        }
     }
 }
 
@@ -53,7 +59,11 @@ pub struct Generation {
 ///
 /// # Errors
 /// As [`generate_streaming`].
-pub fn generate<B: Backend>(model: &Gpt<B>, prompts: &[Vec<u32>], config: &GenerateConfig) -> Result<Vec<Generation>> {
+pub fn generate<B: Backend>(
+    model: &Gpt<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+) -> Result<Vec<Generation>> {
     generate_streaming(model, prompts, config, |_, _| {})
 }
 
@@ -72,39 +82,66 @@ pub fn generate_streaming<B: Backend>(
     let model_config = model.config();
     let (vocab_size, max_seq_len) = (model_config.vocab_size, model_config.max_seq_len);
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(Error::Input("generation needs at least one prompt, none of them empty".into()));
+        return Err(Error::Input(
+            "generation needs at least one prompt, none of them empty".into(),
+        ));
     }
-    if let Some(&id) = prompts.iter().flatten().find(|&&id| id as usize >= vocab_size) {
+    if let Some(&id) = prompts
+        .iter()
+        .flatten()
+        .find(|&&id| id as usize >= vocab_size)
+    {
         return Err(Error::TokenOutOfRange { id, vocab_size });
     }
     let longest = prompts.iter().map(Vec::len).max().expect("non-empty");
     if longest >= max_seq_len {
-        return Err(Error::TooLong { len: longest + 1, max: max_seq_len });
+        return Err(Error::TooLong {
+            len: longest + 1,
+            max: max_seq_len,
+        });
     }
     let mut samplers = (0..prompts.len())
         .map(|row| Sampler::new(config.sampling, config.seed.wrapping_add(row as u64)))
         .collect::<Result<Vec<_>>>()?;
 
-    let device = model.devices().into_iter().next().expect("a model lives on a device");
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model lives on a device");
     let batch = prompts.len();
-    let padding = prompts.iter().map(|p| longest - p.len()).collect::<Vec<_>>();
+    let padding = prompts
+        .iter()
+        .map(|p| longest - p.len())
+        .collect::<Vec<_>>();
     let mut cache = KvCache::with_left_padding(model_config.n_layers, padding.clone());
     let mut input = prompts
         .iter()
         .zip(&padding)
         .flat_map(|(prompt, &pad)| {
-            std::iter::repeat_n(config.pad_token, pad).chain(prompt.iter().copied()).map(i64::from)
+            std::iter::repeat_n(config.pad_token, pad)
+                .chain(prompt.iter().copied())
+                .map(i64::from)
         })
         .collect::<Vec<_>>();
     let mut input_len = longest;
     let steps = config.max_new_tokens.min(max_seq_len - longest);
-    let mut outputs = vec![Generation { tokens: Vec::new(), finish: FinishReason::Length }; batch];
+    let mut outputs = vec![
+        Generation {
+            tokens: Vec::new(),
+            finish: FinishReason::Length
+        };
+        batch
+    ];
     let mut done = vec![false; batch];
 
     for _ in 0..steps {
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [batch, input_len]), &device);
+        let tokens =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(input, [batch, input_len]), &device);
         let logits = model.forward_cached(tokens, &mut cache);
-        let last = logits.narrow(1, input_len - 1, 1).reshape([batch, vocab_size]);
+        let last = logits
+            .narrow(1, input_len - 1, 1)
+            .reshape([batch, vocab_size]);
         let last = last.into_data().to_vec::<f32>().expect("float logits");
         input = Vec::with_capacity(batch);
         for row in 0..batch {

@@ -25,7 +25,10 @@ impl<B: Backend> TokenBatch<B> {
     /// # Errors
     /// Rows of different lengths, or shorter than 2 tokens.
     pub fn from_rows(rows: &[Vec<u32>], device: &B::Device) -> Result<Self> {
-        let masks = rows.iter().map(|r| vec![true; r.len().saturating_sub(1)]).collect::<Vec<_>>();
+        let masks = rows
+            .iter()
+            .map(|r| vec![true; r.len().saturating_sub(1)])
+            .collect::<Vec<_>>();
         Self::from_rows_masked(rows, &masks, device)
     }
 
@@ -34,16 +37,26 @@ impl<B: Backend> TokenBatch<B> {
     ///
     /// # Errors
     /// Rows or masks of mismatched lengths, or rows shorter than 2 tokens.
-    pub fn from_rows_masked(rows: &[Vec<u32>], masks: &[Vec<bool>], device: &B::Device) -> Result<Self> {
+    pub fn from_rows_masked(
+        rows: &[Vec<u32>],
+        masks: &[Vec<bool>],
+        device: &B::Device,
+    ) -> Result<Self> {
         let Some(first) = rows.first() else {
             return Err(Error::Input("a batch needs at least one row".into()));
         };
         let len = first.len();
         if len < 2 {
-            return Err(Error::Input(format!("rows need at least 2 tokens, got {len}")));
+            return Err(Error::Input(format!(
+                "rows need at least 2 tokens, got {len}"
+            )));
         }
         if masks.len() != rows.len() {
-            return Err(Error::Input(format!("{} rows but {} masks", rows.len(), masks.len())));
+            return Err(Error::Input(format!(
+                "{} rows but {} masks",
+                rows.len(),
+                masks.len()
+            )));
         }
         let seq = len - 1;
         let (mut inputs, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
@@ -77,13 +90,18 @@ impl<B: Backend> TokenBatch<B> {
 ///
 /// # Errors
 /// [`Error::AllMasked`] if no target counts.
-pub fn masked_cross_entropy<B: Backend>(logits: Tensor<B, 3>, batch: &TokenBatch<B>) -> Result<Tensor<B, 1>> {
+pub fn masked_cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    batch: &TokenBatch<B>,
+) -> Result<Tensor<B, 1>> {
     if batch.n_targets == 0 {
         return Err(Error::AllMasked);
     }
     let [size, seq, _] = logits.dims();
     let log_probs = log_softmax(logits, 2);
-    let picked = log_probs.gather(2, batch.targets.clone().unsqueeze_dim::<3>(2)).reshape([size, seq]);
+    let picked = log_probs
+        .gather(2, batch.targets.clone().unsqueeze_dim::<3>(2))
+        .reshape([size, seq]);
     let total = (picked * batch.mask.clone()).sum().neg();
     Ok(total / batch.n_targets as f64)
 }
@@ -101,8 +119,12 @@ mod tests {
         // Two targets; logits [0, ln 3] and [ln 2, 0]: p(target) = 3/4 and 1/3; the second
         // target is masked out, so the loss is -ln(3/4).
         let logits = Tensor::<B, 3>::from_floats([[[0.0, 3f32.ln()], [2f32.ln(), 0.0]]], &device);
-        let batch = TokenBatch::<B>::from_rows_masked(&[vec![0, 1, 1]], &[vec![true, false]], &device).unwrap();
-        let loss = masked_cross_entropy(logits.clone(), &batch).unwrap().into_scalar();
+        let batch =
+            TokenBatch::<B>::from_rows_masked(&[vec![0, 1, 1]], &[vec![true, false]], &device)
+                .unwrap();
+        let loss = masked_cross_entropy(logits.clone(), &batch)
+            .unwrap()
+            .into_scalar();
         assert!((loss - (-(0.75f32).ln())).abs() < 1e-6, "{loss}");
         let both = TokenBatch::<B>::from_rows(&[vec![0, 1, 1]], &device).unwrap();
         let loss = masked_cross_entropy(logits, &both).unwrap().into_scalar();
@@ -114,8 +136,13 @@ mod tests {
     fn all_masked_is_an_error_not_nan() {
         let device = Default::default();
         let logits = Tensor::<B, 3>::zeros([1, 2, 4], &device);
-        let batch = TokenBatch::<B>::from_rows_masked(&[vec![0, 1, 2]], &[vec![false, false]], &device).unwrap();
-        assert!(matches!(masked_cross_entropy(logits, &batch), Err(Error::AllMasked)));
+        let batch =
+            TokenBatch::<B>::from_rows_masked(&[vec![0, 1, 2]], &[vec![false, false]], &device)
+                .unwrap();
+        assert!(matches!(
+            masked_cross_entropy(logits, &batch),
+            Err(Error::AllMasked)
+        ));
     }
 
     #[test]

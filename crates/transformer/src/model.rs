@@ -46,21 +46,31 @@ impl GptConfig {
         self.validate()?;
         let embedding = |rows| {
             EmbeddingConfig::new(rows, self.d_model)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: self.init_std })
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: self.init_std,
+                })
                 .init(device)
         };
         let (position_embedding, rope) = match self.architecture {
             Architecture::Gpt2 => (Some(embedding(self.max_seq_len)), None),
             Architecture::Llama => (
                 None,
-                Some(RotaryEmbedding::new(self.max_seq_len, self.head_dim(), self.rope_theta, device)),
+                Some(RotaryEmbedding::new(
+                    self.max_seq_len,
+                    self.head_dim(),
+                    self.rope_theta,
+                    device,
+                )),
             ),
         };
         Ok(crate::init::materialize(Gpt {
             token_embedding: embedding(self.vocab_size),
             position_embedding,
             rope,
-            blocks: (0..self.n_layers).map(|_| Block::init(self, device)).collect(),
+            blocks: (0..self.n_layers)
+                .map(|_| Block::init(self, device))
+                .collect(),
             final_norm: Norm::init(self, device),
             config: self.clone(),
         }))
@@ -82,7 +92,9 @@ impl<B: Backend> Gpt<B> {
                 let ids = match positions {
                     Positions::Contiguous { start } => {
                         let range = *start as i64..(*start + seq) as i64;
-                        Tensor::<B, 1, Int>::arange(range, &x.device()).reshape([1, seq]).expand([batch, seq])
+                        Tensor::<B, 1, Int>::arange(range, &x.device())
+                            .reshape([1, seq])
+                            .expand([batch, seq])
                     }
                     Positions::PerToken(ids) => ids.clone(),
                 };
@@ -128,7 +140,12 @@ impl<B: Backend> Gpt<B> {
     /// # Shapes
     /// - `hidden`: `[batch, seq, d_model]` → `[batch, seq, vocab_size]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let weight = self.token_embedding.weight.val().transpose().unsqueeze::<3>();
+        let weight = self
+            .token_embedding
+            .weight
+            .val()
+            .transpose()
+            .unsqueeze::<3>();
         hidden.matmul(weight)
     }
 
@@ -140,7 +157,11 @@ impl<B: Backend> Gpt<B> {
     /// # Panics
     /// If `seq > max_seq_len`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let input = DecoderInput { tokens, positions: Positions::Contiguous { start: 0 }, mask: None };
+        let input = DecoderInput {
+            tokens,
+            positions: Positions::Contiguous { start: 0 },
+            mask: None,
+        };
         self.logits(self.forward_hidden(input))
     }
 
@@ -152,7 +173,11 @@ impl<B: Backend> Gpt<B> {
     ///
     /// # Panics
     /// If the cache would grow past `max_seq_len`.
-    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
         self.check_length(cache.len() + seq);
         let device = tokens.device();
@@ -160,7 +185,11 @@ impl<B: Backend> Gpt<B> {
         let mask = cache.mask(batch, self.config.n_heads, seq, &device);
         let mut x = self.embed(tokens, &positions);
         for (layer, block) in self.blocks.iter().enumerate() {
-            let context = AttentionContext { rope: self.rope.as_ref(), positions: &positions, mask: mask.clone() };
+            let context = AttentionContext {
+                rope: self.rope.as_ref(),
+                positions: &positions,
+                mask: mask.clone(),
+            };
             x = block.forward_cached(x, context, layer, cache);
         }
         cache.advance(seq);

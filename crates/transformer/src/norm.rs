@@ -21,10 +21,14 @@ impl<B: Backend> Norm<B> {
     pub fn init(config: &GptConfig, device: &B::Device) -> Self {
         match config.architecture {
             Architecture::Llama => Norm::Rms(
-                RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
+                RmsNormConfig::new(config.d_model)
+                    .with_epsilon(config.norm_eps)
+                    .init(device),
             ),
             Architecture::Gpt2 => Norm::Layer(
-                LayerNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
+                LayerNormConfig::new(config.d_model)
+                    .with_epsilon(config.norm_eps)
+                    .init(device),
             ),
         }
     }

@@ -42,7 +42,10 @@ impl<B: Backend> RotaryEmbedding<B> {
         let table = |values: Vec<f32>| {
             Tensor::<B, 1>::from_floats(values.as_slice(), device).reshape([max_seq_len, half])
         };
-        Self { cos: table(cos), sin: table(sin) }
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+        }
     }
 
     /// Rotates queries or keys.
@@ -54,14 +57,26 @@ impl<B: Backend> RotaryEmbedding<B> {
         let half = head_dim / 2;
         let (cos, sin) = match positions {
             Positions::Contiguous { start } => (
-                self.cos.clone().narrow(0, *start, seq).reshape([1, 1, seq, half]),
-                self.sin.clone().narrow(0, *start, seq).reshape([1, 1, seq, half]),
+                self.cos
+                    .clone()
+                    .narrow(0, *start, seq)
+                    .reshape([1, 1, seq, half]),
+                self.sin
+                    .clone()
+                    .narrow(0, *start, seq)
+                    .reshape([1, 1, seq, half]),
             ),
             Positions::PerToken(ids) => {
                 let flat = ids.clone().reshape([batch * seq]);
                 (
-                    self.cos.clone().select(0, flat.clone()).reshape([batch, 1, seq, half]),
-                    self.sin.clone().select(0, flat).reshape([batch, 1, seq, half]),
+                    self.cos
+                        .clone()
+                        .select(0, flat.clone())
+                        .reshape([batch, 1, seq, half]),
+                    self.sin
+                        .clone()
+                        .select(0, flat)
+                        .reshape([batch, 1, seq, half]),
                 )
             }
         };

@@ -57,7 +57,9 @@ impl Sampling {
             }
         };
         if temperature.is_nan() || temperature <= 0.0 {
-            return Err(Error::Config(format!("temperature must be above 0, got {temperature}")));
+            return Err(Error::Config(format!(
+                "temperature must be above 0, got {temperature}"
+            )));
         }
         Ok(())
     }
@@ -87,7 +89,10 @@ impl Sampler {
     /// Invalid sampling parameters.
     pub fn new(sampling: Sampling, seed: u64) -> Result<Self> {
         sampling.validate()?;
-        Ok(Self { sampling, rng: StdRng::seed_from_u64(seed) })
+        Ok(Self {
+            sampling,
+            rng: StdRng::seed_from_u64(seed),
+        })
     }
 
     /// The next token given one row of logits.
@@ -118,7 +123,10 @@ impl Sampler {
         }
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         let max = logits[order[0]];
-        let mut weights = order.iter().map(|&i| ((logits[i] - max) / temperature).exp()).collect::<Vec<_>>();
+        let mut weights = order
+            .iter()
+            .map(|&i| ((logits[i] - max) / temperature).exp())
+            .collect::<Vec<_>>();
         let total: f32 = weights.iter().sum();
         if p < 1.0 {
             // Keep the smallest prefix whose mass reaches p (at least one token).
@@ -158,7 +166,14 @@ mod tests {
 
     #[test]
     fn top_k_never_leaves_the_k_best() {
-        let mut sampler = Sampler::new(Sampling::TopK { k: 2, temperature: 5.0 }, 7).unwrap();
+        let mut sampler = Sampler::new(
+            Sampling::TopK {
+                k: 2,
+                temperature: 5.0,
+            },
+            7,
+        )
+        .unwrap();
         let logits = [1.0, 0.9, 0.8, 0.7, 5.0];
         for _ in 0..500 {
             let token = sampler.sample(&logits);
@@ -170,7 +185,14 @@ mod tests {
     fn top_p_keeps_the_nucleus() {
         // Probabilities ∝ [8, 4, 2, 1, 1]/16: p = 0.7 keeps the first two (0.5 + 0.25).
         let logits = [8f32.ln(), 4f32.ln(), 2f32.ln(), 0.0, 0.0];
-        let mut sampler = Sampler::new(Sampling::TopP { p: 0.7, temperature: 1.0 }, 1).unwrap();
+        let mut sampler = Sampler::new(
+            Sampling::TopP {
+                p: 0.7,
+                temperature: 1.0,
+            },
+            1,
+        )
+        .unwrap();
         let mut seen = [0usize; 5];
         for _ in 0..2000 {
             seen[sampler.sample(&logits) as usize] += 1;
@@ -202,8 +224,22 @@ mod tests {
 
     #[test]
     fn invalid_parameters_are_rejected() {
-        assert!(Sampler::new(Sampling::TopK { k: 0, temperature: 1.0 }, 0).is_err());
-        assert!(Sampler::new(Sampling::TopP { p: 1.5, temperature: 1.0 }, 0).is_err());
+        assert!(Sampler::new(
+            Sampling::TopK {
+                k: 0,
+                temperature: 1.0
+            },
+            0
+        )
+        .is_err());
+        assert!(Sampler::new(
+            Sampling::TopP {
+                p: 1.5,
+                temperature: 1.0
+            },
+            0
+        )
+        .is_err());
         assert!(Sampler::new(Sampling::Temperature { temperature: 0.0 }, 0).is_err());
     }
 }

@@ -4,13 +4,17 @@
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use ember_transformer::{generate, Architecture, GenerateConfig, Gpt, GptConfig, KvCache, Sampling};
+use ember_transformer::{
+    generate, Architecture, GenerateConfig, Gpt, GptConfig, KvCache, Sampling,
+};
 
 const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gpt2];
 
 fn config(architecture: Architecture) -> GptConfig {
     // A larger init than GPT-2's makes logits far apart, so greedy choices are not ties.
-    GptConfig::new(97, 32, 2, 4, 48).with_architecture(architecture).with_init_std(0.3)
+    GptConfig::new(97, 32, 2, 4, 48)
+        .with_architecture(architecture)
+        .with_init_std(0.3)
 }
 
 fn model<B: Backend>(architecture: Architecture, device: &B::Device) -> Gpt<B> {
@@ -19,7 +23,11 @@ fn model<B: Backend>(architecture: Architecture, device: &B::Device) -> Gpt<B> {
 }
 
 fn tokens<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let data = rows.iter().flatten().map(|&t| i64::from(t)).collect::<Vec<_>>();
+    let data = rows
+        .iter()
+        .flatten()
+        .map(|&t| i64::from(t))
+        .collect::<Vec<_>>();
     Tensor::from_data(TensorData::new(data, [rows.len(), rows[0].len()]), device)
 }
 
@@ -29,14 +37,17 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn sequence(len: usize) -> Vec<u32> {
     (0..len as u32).map(|i| (i * 31 + 5) % 97).collect()
 }
 
-pub fn check_causality<B: Backend>(device: &B::Device) {
+fn check_causality<B: Backend>(device: &B::Device) {
     for architecture in ARCHITECTURES {
         let model = model::<B>(architecture, device);
         let original = sequence(20);
@@ -45,12 +56,19 @@ pub fn check_causality<B: Backend>(device: &B::Device) {
         let a = values(model.forward(tokens::<B>(&[original], device)));
         let b = values(model.forward(tokens::<B>(&[changed], device)));
         let before = 10 * 97;
-        assert_eq!(max_abs_diff(&a[..before], &b[..before]), 0.0, "{architecture:?}: a future token changed the past");
-        assert!(max_abs_diff(&a[before..], &b[before..]) > 1e-3, "{architecture:?}: the change had no effect at all");
+        assert_eq!(
+            max_abs_diff(&a[..before], &b[..before]),
+            0.0,
+            "{architecture:?}: a future token changed the past"
+        );
+        assert!(
+            max_abs_diff(&a[before..], &b[before..]) > 1e-3,
+            "{architecture:?}: the change had no effect at all"
+        );
     }
 }
 
-pub fn check_cached_equals_full<B: Backend>(device: &B::Device) {
+fn check_cached_equals_full<B: Backend>(device: &B::Device) {
     for architecture in ARCHITECTURES {
         let model = model::<B>(architecture, device);
         let rows = vec![sequence(24), sequence(30)[6..].to_vec()];
@@ -73,19 +91,29 @@ pub fn check_cached_equals_full<B: Backend>(device: &B::Device) {
         }
         let cached = cached.concat();
         let diff = max_abs_diff(&full, &cached);
-        assert!(diff < 1e-4, "{architecture:?}: cached decoding is off by {diff}");
+        assert!(
+            diff < 1e-4,
+            "{architecture:?}: cached decoding is off by {diff}"
+        );
     }
 }
 
-pub fn check_padded_batch_equals_single_prompts<B: Backend>(device: &B::Device) {
+fn check_padded_batch_equals_single_prompts<B: Backend>(device: &B::Device) {
     for architecture in ARCHITECTURES {
         let model = model::<B>(architecture, device);
         let prompts = vec![sequence(3), sequence(11), vec![42]];
-        let config = GenerateConfig { max_new_tokens: 8, sampling: Sampling::Greedy, ..Default::default() };
+        let config = GenerateConfig {
+            max_new_tokens: 8,
+            sampling: Sampling::Greedy,
+            ..Default::default()
+        };
         let batched = generate(&model, &prompts, &config).unwrap();
         for (prompt, out) in prompts.iter().zip(&batched) {
             let alone = generate(&model, std::slice::from_ref(prompt), &config).unwrap();
-            assert_eq!(alone[0], *out, "{architecture:?}: left padding changed the output");
+            assert_eq!(
+                alone[0], *out,
+                "{architecture:?}: left padding changed the output"
+            );
             assert_eq!(out.tokens.len(), 8);
         }
     }
@@ -114,14 +142,25 @@ mod cpu {
     fn generation_stops_at_a_stop_token_and_is_seeded() {
         let device = Default::default();
         let model = model::<B>(Architecture::Llama, &device);
-        let sampling = Sampling::TopP { p: 0.9, temperature: 1.0 };
-        let config = GenerateConfig { max_new_tokens: 20, sampling, seed: 3, ..Default::default() };
+        let sampling = Sampling::TopP {
+            p: 0.9,
+            temperature: 1.0,
+        };
+        let config = GenerateConfig {
+            max_new_tokens: 20,
+            sampling,
+            seed: 3,
+            ..Default::default()
+        };
         let a = generate(&model, &[vec![1, 2, 3]], &config).unwrap();
         assert_eq!(a, generate(&model, &[vec![1, 2, 3]], &config).unwrap());
         // Make the third drawn token a stop token: generation ends right there.
         let stop = a[0].tokens[2];
         let first = a[0].tokens.iter().position(|&t| t == stop).unwrap();
-        let config = GenerateConfig { stop_tokens: vec![stop], ..config };
+        let config = GenerateConfig {
+            stop_tokens: vec![stop],
+            ..config
+        };
         let b = generate(&model, &[vec![1, 2, 3]], &config).unwrap();
         assert_eq!(b[0].tokens, a[0].tokens[..=first]);
         assert_eq!(b[0].finish, ember_transformer::FinishReason::Stop);
@@ -137,7 +176,10 @@ mod cpu {
             Err(ember_transformer::Error::TokenOutOfRange { id: 500, .. })
         ));
         assert!(generate(&model, &[vec![]], &config).is_err());
-        assert!(matches!(generate(&model, &[sequence(48)], &config), Err(ember_transformer::Error::TooLong { .. })));
+        assert!(matches!(
+            generate(&model, &[sequence(48)], &config),
+            Err(ember_transformer::Error::TooLong { .. })
+        ));
     }
 }
 
@@ -145,8 +187,8 @@ mod cpu {
 mod wgpu {
     use super::*;
     use burn::backend::Wgpu;
-    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
     use burn::module::Module;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 
     type B = Wgpu;
 
@@ -169,12 +211,18 @@ mod wgpu {
             let bytes = Recorder::<Flex>::record(&recorder, cpu.clone().into_record(), ()).unwrap();
             let device = Default::default();
             let record = Recorder::<B>::load(&recorder, bytes, &device).unwrap();
-            let gpu = config(architecture).init::<B>(&device).unwrap().load_record(record);
+            let gpu = config(architecture)
+                .init::<B>(&device)
+                .unwrap()
+                .load_record(record);
             let rows = vec![sequence(24)];
             let expected = values(cpu.forward(tokens::<Flex>(&rows, &cpu_device)));
             let actual = values(gpu.forward(tokens::<B>(&rows, &device)));
             let diff = max_abs_diff(&expected, &actual);
-            assert!(diff < 1e-3, "{architecture:?}: wgpu differs from the CPU by {diff}");
+            assert!(
+                diff < 1e-3,
+                "{architecture:?}: wgpu differs from the CPU by {diff}"
+            );
         }
     }
 }

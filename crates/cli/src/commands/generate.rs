@@ -9,6 +9,7 @@ use ember_tokenizer::{Special, Tokenizer};
 use ember_train::load_model;
 use ember_transformer::{generate_streaming, GenerateConfig, Sampling};
 
+use crate::config;
 use crate::device::{with_backend, DeviceKind};
 
 /// Arguments of `ember generate`.
@@ -22,41 +23,82 @@ pub struct Args {
     /// token.
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// New tokens per prompt, at most.
-    #[arg(long, default_value_t = 100)]
-    pub max_new_tokens: usize,
-    /// Sampling temperature; 0 means greedy.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
+    /// A TOML file with `max_new_tokens`, `seed` and a `[sampling]` table (`kind = "greedy" |
+    /// "temperature" | "top_k" | "top_p"` and its parameters); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// New tokens per prompt, at most [default: 100].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature; 0 means greedy [default: 0.8].
+    #[arg(long)]
+    pub temperature: Option<f32>,
     /// Sample among the k most likely tokens only.
     #[arg(long, conflicts_with = "top_p")]
     pub top_k: Option<usize>,
     /// Sample among the most likely tokens whose probabilities reach p (nucleus sampling).
     #[arg(long)]
     pub top_p: Option<f32>,
-    /// Seed of the draws: the same seed gives the same text.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the draws: the same seed gives the same text [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Which backend runs the model.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
 }
 
-impl Args {
-    fn sampling(&self) -> Sampling {
-        let temperature = self.temperature;
-        match (self.top_k, self.top_p) {
-            _ if temperature == 0.0 => Sampling::Greedy,
-            (Some(k), _) => Sampling::TopK { k, temperature },
-            (None, Some(p)) => Sampling::TopP { p, temperature },
-            (None, None) => Sampling::Temperature { temperature },
+/// `ember generate`'s configuration file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateFile {
+    /// New tokens per prompt, at most.
+    pub max_new_tokens: usize,
+    /// How tokens are drawn.
+    pub sampling: Sampling,
+    /// Seed of the draws.
+    pub seed: u64,
+}
+
+impl Default for GenerateFile {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 100,
+            sampling: Sampling::Temperature { temperature: 0.8 },
+            seed: 0,
         }
+    }
+}
+
+impl Args {
+    /// The file's settings with the flags applied on top.
+    fn settings(&self) -> anyhow::Result<GenerateFile> {
+        let mut settings: GenerateFile = config::load(self.config.as_deref())?;
+        if let Some(n) = self.max_new_tokens {
+            settings.max_new_tokens = n;
+        }
+        if let Some(seed) = self.seed {
+            settings.seed = seed;
+        }
+        if self.temperature.is_some() || self.top_k.is_some() || self.top_p.is_some() {
+            let temperature = self.temperature.unwrap_or(settings.sampling.temperature());
+            settings.sampling = match (self.top_k, self.top_p) {
+                _ if temperature == 0.0 => Sampling::Greedy,
+                (Some(k), _) => Sampling::TopK { k, temperature },
+                (None, Some(p)) => Sampling::TopP { p, temperature },
+                (None, None) => Sampling::Temperature { temperature },
+            };
+        }
+        settings.sampling.validate()?;
+        Ok(settings)
     }
 }
 
 /// Runs `ember generate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    with_backend!(args.device, |B, AD, device| generate_on::<B>(&args, &device))
+    args.settings()?; // Report a bad config before loading anything.
+    with_backend!(args.device, |B, AD, device| generate_on::<B>(
+        &args, &device
+    ))
 }
 
 fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
@@ -64,7 +106,11 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
     let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
     let model = load_model::<B>(&args.model, device)
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
-    let prompts = if args.prompt.is_empty() { vec![String::new()] } else { args.prompt.clone() };
+    let prompts = if args.prompt.is_empty() {
+        vec![String::new()]
+    } else {
+        args.prompt.clone()
+    };
     let bos = tokenizer.special(Special::Bos)?;
     let encoded = prompts
         .iter()
@@ -73,12 +119,13 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
             Ok(if ids.is_empty() { vec![bos] } else { ids })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let settings = args.settings()?;
     let config = GenerateConfig {
-        max_new_tokens: args.max_new_tokens,
-        sampling: args.sampling(),
+        max_new_tokens: settings.max_new_tokens,
+        sampling: settings.sampling,
         stop_tokens: vec![tokenizer.special(Special::Eos)?],
         pad_token: tokenizer.special(Special::Pad)?,
-        seed: args.seed,
+        seed: settings.seed,
     };
 
     if encoded.len() == 1 {

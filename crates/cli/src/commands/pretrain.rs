@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use ember_tokenizer::{corpus_files, write_atomically, write_shards, ShardMeta, Special, TokenShard, Tokenizer};
+use ember_tokenizer::{
+    corpus_files, write_atomically, write_shards, ShardMeta, Special, TokenShard, Tokenizer,
+};
 use ember_train::{fit, save_model, Pretraining, RunDir};
 use ember_transformer::{generate, GenerateConfig, Sampling};
 
-use crate::config::{self, PretrainFile, Preset};
+use crate::config::{self, Preset, PretrainFile};
 use crate::device::{with_backend, DeviceKind};
 
 /// Arguments of `ember pretrain`.
@@ -43,9 +45,13 @@ pub struct Args {
 
 /// Runs `ember pretrain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.run).with_context(|| format!("creating {}", args.run.display()))?;
+    std::fs::create_dir_all(&args.run)
+        .with_context(|| format!("creating {}", args.run.display()))?;
     let saved = args.run.join("config.toml");
-    let config_path = args.config.clone().or_else(|| saved.exists().then(|| saved.clone()));
+    let config_path = args
+        .config
+        .clone()
+        .or_else(|| saved.exists().then(|| saved.clone()));
     let mut config: PretrainFile = config::load(config_path.as_deref())?;
     if let Some(steps) = args.steps {
         config.train.steps = steps;
@@ -65,7 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         meta.val_tokens_per_byte(),
         meta.files.len()
     );
-    with_backend!(args.device, |B, AD, device| train::<AD>(&args.run, &config, &tokenizer, &shards, &device))
+    with_backend!(args.device, |B, AD, device| train::<AD>(
+        &args.run, &config, &tokenizer, &shards, &device
+    ))
 }
 
 fn prepare_tokenizer(args: &Args, config: &PretrainFile) -> anyhow::Result<Tokenizer> {
@@ -74,7 +82,10 @@ fn prepare_tokenizer(args: &Args, config: &PretrainFile) -> anyhow::Result<Token
         let mut tokenizer = Tokenizer::from_file(given)?;
         let added = tokenizer.add_missing_special_tokens();
         if added > 0 {
-            println!("added {added} of Ember's special tokens to {}", given.display());
+            println!(
+                "added {added} of Ember's special tokens to {}",
+                given.display()
+            );
         }
         tokenizer.save(&path)?;
         return Ok(tokenizer);
@@ -83,9 +94,15 @@ fn prepare_tokenizer(args: &Args, config: &PretrainFile) -> anyhow::Result<Token
         return Ok(Tokenizer::from_file(&path)?);
     }
     if args.data.is_empty() {
-        bail!("--data is required: the run folder {} has no tokenizer yet", args.run.display());
+        bail!(
+            "--data is required: the run folder {} has no tokenizer yet",
+            args.run.display()
+        );
     }
-    println!("training a {}-token BPE tokenizer", config.tokenizer.vocab_size);
+    println!(
+        "training a {}-token BPE tokenizer",
+        config.tokenizer.vocab_size
+    );
     let mut bpe = config.tokenizer.clone();
     bpe.show_progress = config.train.progress;
     let tokenizer = Tokenizer::train(&corpus_files(&args.data)?, &bpe)?;
@@ -93,7 +110,12 @@ fn prepare_tokenizer(args: &Args, config: &PretrainFile) -> anyhow::Result<Token
     Ok(tokenizer)
 }
 
-fn prepare_shards(args: &Args, config: &PretrainFile, tokenizer: &Tokenizer, dir: &Path) -> anyhow::Result<ShardMeta> {
+fn prepare_shards(
+    args: &Args,
+    config: &PretrainFile,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> anyhow::Result<ShardMeta> {
     if dir.join("meta.json").exists() {
         let meta = ShardMeta::load(dir)?;
         if meta.vocab_size == tokenizer.vocab_size() {
@@ -102,7 +124,10 @@ fn prepare_shards(args: &Args, config: &PretrainFile, tokenizer: &Tokenizer, dir
         println!("the shards were made with another tokenizer; re-encoding");
     }
     if args.data.is_empty() {
-        bail!("--data is required: the run folder {} has no token shards yet", args.run.display());
+        bail!(
+            "--data is required: the run folder {} has no token shards yet",
+            args.run.display()
+        );
     }
     println!("encoding the corpus into token shards");
     Ok(write_shards(tokenizer, &args.data, dir, &config.shards)?)
@@ -115,7 +140,9 @@ fn train<B: AutodiffBackend>(
     shards: &Path,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let model_config = config.model.resolve(tokenizer.vocab_size(), config.batch.seq_len);
+    let model_config = config
+        .model
+        .resolve(tokenizer.vocab_size(), config.batch.seq_len);
     println!(
         "model: {:?}-shaped, {} layers × {} wide, {} heads, {:.2}M parameters",
         model_config.architecture,
@@ -131,26 +158,41 @@ fn train<B: AutodiffBackend>(
     if let Some(step) = summary.resumed_from {
         println!("resumed from step {step}");
     }
-    let shown = summary.validation.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>();
-    println!("validation: {}   ({:.0} tokens/s)", shown.join("  "), summary.tokens_per_second);
+    let shown = summary
+        .validation
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>();
+    println!(
+        "validation: {}   ({:.0} tokens/s)",
+        shown.join("  "),
+        summary.tokens_per_second
+    );
 
     let model = model.valid();
     let out = run.join("model");
     save_model(&model, &out)?;
     tokenizer.save(out.join("tokenizer.json"))?;
-    println!("wrote the model to {} (metrics: {})", out.display(), run.join("metrics.jsonl").display());
+    println!(
+        "wrote the model to {} (metrics: {})",
+        out.display(),
+        run.join("metrics.jsonl").display()
+    );
 
     // A sample, continuing the start of the validation text.
     let val = TokenShard::open(&shards.join("val.bin"))?;
     let prompt = val.window(0, val.len().min(8));
     let generation = GenerateConfig {
         max_new_tokens: 80,
-        sampling: Sampling::TopK { k: 40, temperature: 0.8 },
+        sampling: Sampling::TopK {
+            k: 40,
+            temperature: 0.8,
+        },
         stop_tokens: vec![tokenizer.special(Special::Eos)?],
         pad_token: tokenizer.special(Special::Pad)?,
         seed: 0,
     };
-    let sample = generate(&model, &[prompt.clone()], &generation)?;
+    let sample = generate(&model, std::slice::from_ref(&prompt), &generation)?;
     let text = tokenizer.decode(&[prompt, sample[0].tokens.clone()].concat())?;
     println!("sample:\n{text}");
     Ok(())

@@ -33,7 +33,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     config.show_progress = true;
     let files = corpus_files(&args.inputs)?;
     let tokenizer = Tokenizer::train(&files, &config)?;
-    tokenizer.save(&args.output).with_context(|| format!("writing {}", args.output.display()))?;
+    tokenizer
+        .save(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
         "trained a {}-token BPE on {} file(s); wrote {}",
         tokenizer.vocab_size(),

@@ -1,0 +1,213 @@
+//! The `ember` binary end to end on a small corpus: tokenizer, pretraining, resume, generation,
+//! and the errors a user meets.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ember(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("ember runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn corpus(dir: &Path) {
+    let words = [
+        "the", "king", "and", "queen", "of", "a", "castle", "rode", "to", "sea", "by", "night",
+    ];
+    let mut state = 7u64;
+    let mut text = String::new();
+    for line in 0..600 {
+        for _ in 0..(5 + line % 4) {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(words[(state >> 33) as usize % words.len()]);
+            text.push(' ');
+        }
+        text.push_str(".\n");
+    }
+    std::fs::create_dir_all(dir.join("corpus")).unwrap();
+    std::fs::write(dir.join("corpus/story.txt"), text).unwrap();
+}
+
+const CONFIG: &str = r#"
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+[tokenizer]
+vocab_size = 300
+[shards]
+block_bytes = 1024
+[batch]
+batch_size = 4
+seq_len = 32
+[train]
+steps = 6
+checkpoint_every = 3
+eval_every = 3
+progress = false
+"#;
+
+#[test]
+fn pretrain_resume_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    corpus(dir);
+    std::fs::write(dir.join("pretrain.toml"), CONFIG).unwrap();
+
+    let out = ember(
+        &[
+            "pretrain",
+            "--data",
+            "corpus",
+            "--run",
+            "run",
+            "--config",
+            "pretrain.toml",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let log = text(&out);
+    assert!(log.contains("validation: loss"), "{log}");
+    for file in [
+        "config.toml",
+        "tokenizer.json",
+        "shards/train.bin",
+        "model/model.mpk",
+        "model/tokenizer.json",
+    ] {
+        assert!(dir.join("run").join(file).exists(), "{file} missing");
+    }
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"train\"")).count(),
+        6
+    );
+
+    // Asking for more steps resumes from the last checkpoint, reading the run's own config.
+    let out = ember(&["pretrain", "--run", "run", "--steps", "9"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("resumed from step 6"), "{}", text(&out));
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"train\"")).count(),
+        9
+    );
+
+    // Greedy generation is deterministic and streams the prompt and its continuation.
+    let args = [
+        "generate",
+        "--model",
+        "run/model",
+        "--prompt",
+        "the king",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+    ];
+    let first = ember(&args, dir);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("the king"));
+    assert_eq!(first.stdout, ember(&args, dir).stdout);
+
+    // A batch of prompts of different lengths, and a sampling config file.
+    std::fs::write(
+        dir.join("sample.toml"),
+        "max_new_tokens = 5\nseed = 3\n[sampling]\nkind = \"top_k\"\nk = 5\ntemperature = 0.7\n",
+    )
+    .unwrap();
+    let out = ember(
+        &[
+            "generate",
+            "--model",
+            "run/model",
+            "--config",
+            "sample.toml",
+            "--prompt",
+            "a",
+            "--prompt",
+            "the queen rode",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("--- ").count(),
+        2
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let cases: [(&[&str], &str); 5] = [
+        (&["tokenizer", "train", "missing.txt"], "missing.txt"),
+        (&["pretrain", "--run", "empty-run"], "--data is required"),
+        (
+            &["generate", "--model", "nowhere"],
+            "nowhere/tokenizer.json",
+        ),
+        (
+            &["generate", "--model", "nowhere", "--top-k", "0"],
+            "top-k needs k >= 1",
+        ),
+        (
+            &["pretrain", "--data", "x", "--config", "bad.toml"],
+            "bad.toml",
+        ),
+    ];
+    std::fs::write(dir.join("bad.toml"), "[train]\nstep = 3\n").unwrap();
+    for (args, expected) in cases {
+        let out = ember(args, dir);
+        let log = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            log.contains("error:") && log.contains(expected),
+            "{args:?}: {log}"
+        );
+        assert!(!log.contains("panicked"), "{args:?}: {log}");
+    }
+    let non_utf8 = dir.join("latin1.txt");
+    std::fs::write(&non_utf8, b"caf\xe9\n").unwrap();
+    let out = ember(&["tokenizer", "train", "latin1.txt"], dir);
+    assert!(
+        text(&out).contains("latin1.txt: not valid UTF-8"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn help_describes_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["--help"][..],
+        &["pretrain", "--help"],
+        &["generate", "--help"],
+        &["tokenizer", "train", "--help"],
+    ] {
+        let out = ember(command, dir.path());
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Usage: ember"), "{help}");
+    }
+    let out = ember(&["pretrain", "--help"], dir.path());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--data", "--run", "--config", "--device", "--steps"] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+}
