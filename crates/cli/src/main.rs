@@ -25,6 +25,15 @@ enum Command {
     Pretrain(commands::pretrain::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
     Generate(commands::generate::Args),
+    /// Look at instruction data.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Print rendered conversations with the trained-on spans marked.
+    Show(commands::data::ShowArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +49,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(TokenizerCommand::Train(args)) => commands::tokenizer::train(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Data(DataCommand::Show(args)) => commands::data::show(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -211,3 +211,46 @@ fn help_describes_every_command() {
         assert!(help.contains(flag), "{flag}: {help}");
     }
 }
+
+#[test]
+fn data_show_marks_what_is_learned_and_counts_bad_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let tokenizer = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tokenizer/tests/fixtures/hf/ember-tokenizer.json"
+    );
+    std::fs::write(
+        dir.join("pc.jsonl"),
+        "{\"prompt\": \"What is 2 + 2?\", \"completion\": \"4\"}\n{\"prompt\": \"x\"}\n",
+    )
+    .unwrap();
+    let out = ember(&["data", "show", "pc.jsonl", "--tokenizer", tokenizer], dir);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("<|assistant_start|>⟦4<|assistant_end|>⟧"),
+        "{log}"
+    );
+    assert!(
+        log.contains("skipped 1 malformed record(s)")
+            && log.contains("pc.jsonl:2: missing `completion`"),
+        "{log}"
+    );
+    let strict = ember(
+        &[
+            "data",
+            "show",
+            "pc.jsonl",
+            "--tokenizer",
+            tokenizer,
+            "--strict",
+        ],
+        dir,
+    );
+    assert!(
+        !strict.status.success() && text(&strict).contains("pc.jsonl:2:"),
+        "{}",
+        text(&strict)
+    );
+}
