@@ -9,7 +9,9 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
-use ember::train::{fit, keep_freed_memory, Loss, Objective, OptimizerConfig, RunDir, TrainConfig};
+use ember::train::{
+    fit, keep_freed_memory, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig,
+};
 use ember::transformer::{Architecture, Gpt, GptConfig, TokenBatch};
 
 type B = Autodiff<Flex>;
@@ -20,12 +22,7 @@ struct Synthetic {
 }
 
 impl Objective<B, Gpt<B>> for Synthetic {
-    fn loss(
-        &mut self,
-        model: &Gpt<B>,
-        _step: usize,
-        _micro: usize,
-    ) -> ember::train::Result<Loss<B>> {
+    fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember::train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
         Ok(Loss {
             value: model.loss(&batch)?,

@@ -48,6 +48,9 @@ pub enum Error {
     /// From the tokenizer or the token shards.
     #[error(transparent)]
     Tokenizer(#[from] ember_tokenizer::Error),
+    /// From the instruction data.
+    #[error(transparent)]
+    Instruct(#[from] ember_instruct::Error),
     /// From a stage's own objective.
     #[error(transparent)]
     Objective(Box<dyn std::error::Error + Send + Sync>),

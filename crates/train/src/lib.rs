@@ -8,6 +8,7 @@ mod metrics;
 mod model_io;
 mod params;
 mod pretrain;
+mod sft;
 mod trainer;
 
 pub use alloc::keep_freed_memory;
@@ -18,4 +19,5 @@ pub use metrics::MetricsLog;
 pub use model_io::{load_model, load_model_config, save_model};
 pub use params::{clip_global_norm, global_grad_norm, split_grads, DecayGroups};
 pub use pretrain::{PretrainConfig, Pretraining};
-pub use trainer::{fit, FitSummary, Loss, Objective, RunDir};
+pub use sft::{RowBatch, Sft, SftConfig};
+pub use trainer::{fit, FitSummary, Loss, MicroBatch, Objective, RunDir};

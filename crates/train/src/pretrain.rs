@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Loss, Objective, Result};
+use crate::{Error, Loss, MicroBatch, Objective, Result};
 
 /// Batching for [`Pretraining`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,8 +137,8 @@ impl<B: Backend> Pretraining<B> {
 }
 
 impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Pretraining<B> {
-    fn loss(&mut self, model: &Gpt<B>, step: usize, micro: usize) -> Result<Loss<B>> {
-        let batch = TokenBatch::from_rows(&self.train_rows(step, micro), &self.device)?;
+    fn loss(&mut self, model: &Gpt<B>, batch: MicroBatch) -> Result<Loss<B>> {
+        let batch = TokenBatch::from_rows(&self.train_rows(batch.step, batch.micro), &self.device)?;
         Ok(Loss {
             value: model.loss(&batch)?,
             tokens: batch.n_targets,

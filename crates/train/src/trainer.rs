@@ -27,15 +27,25 @@ pub struct Loss<B: AutodiffBackend> {
     pub tokens: usize,
 }
 
+/// Which micro-batch the loop asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MicroBatch {
+    /// The optimizer step (from 0).
+    pub step: usize,
+    /// The micro-batch within the step (from 0 to `grad_accumulation - 1`).
+    pub micro: usize,
+    /// Micro-batches before this one in the whole run: `step * grad_accumulation + micro`.
+    pub index: usize,
+}
+
 /// What a stage trains: its data and its loss. The loop does the rest.
 pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
-    /// The loss of micro-batch `micro` of optimizer step `step`. The data must depend only on
-    /// `(step, micro)` (and the objective's seed), so that a resumed run sees the same batches
-    /// as an uninterrupted one.
+    /// The loss of one micro-batch. Its data must depend only on `batch` (and the
+    /// objective's seed), so that a resumed run sees the same batches as an uninterrupted one.
     ///
     /// # Errors
     /// Bad data, or a batch the model cannot take.
-    fn loss(&mut self, model: &M, step: usize, micro: usize) -> Result<Loss<B>>;
+    fn loss(&mut self, model: &M, batch: MicroBatch) -> Result<Loss<B>>;
 
     /// Validation metrics (name, value), computed without autodiff.
     ///
@@ -179,7 +189,8 @@ where
         let mut loss_sum = 0.0;
         let mut step_tokens = 0usize;
         for micro in 0..config.grad_accumulation {
-            let loss = objective.loss(&model, step, micro)?;
+            let index = step * config.grad_accumulation + micro;
+            let loss = objective.loss(&model, MicroBatch { step, micro, index })?;
             step_tokens += loss.tokens;
             let scaled = loss.value.div_scalar(config.grad_accumulation as f64);
             loss_sum += f64::from(scaled.clone().into_scalar().elem::<f32>());

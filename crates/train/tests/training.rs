@@ -11,7 +11,7 @@ use burn::tensor::ElementConversion;
 use ember_tokenizer::{write_shards, BpeConfig, ShardConfig, Tokenizer};
 use ember_train::{
     clip_global_norm, fit, global_grad_norm, load_model, save_model, DecayGroups, Error, Loss,
-    Objective, OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig,
+    MicroBatch, Objective, OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig,
 };
 use ember_transformer::{Architecture, Gpt, GptConfig, TokenBatch};
 
@@ -43,12 +43,7 @@ struct OneBatch {
 }
 
 impl Objective<B, Gpt<B>> for OneBatch {
-    fn loss(
-        &mut self,
-        model: &Gpt<B>,
-        _step: usize,
-        _micro: usize,
-    ) -> ember_train::Result<Loss<B>> {
+    fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
         Ok(Loss {
             value: model.loss(&batch)?,
@@ -155,11 +150,11 @@ struct CrashAt {
 }
 
 impl Objective<B, Gpt<B>> for CrashAt {
-    fn loss(&mut self, model: &Gpt<B>, step: usize, micro: usize) -> ember_train::Result<Loss<B>> {
-        if step == self.step {
+    fn loss(&mut self, model: &Gpt<B>, batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+        if batch.step == self.step {
             return Err(Error::Config("simulated crash".into()));
         }
-        self.inner.loss(model, step, micro)
+        self.inner.loss(model, batch)
     }
 
     fn validate(&mut self, model: &Gpt<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
