@@ -23,6 +23,8 @@ enum Command {
     Tokenizer(TokenizerCommand),
     /// Pretrain a decoder on raw text: tokenizer, token shards, training, a sample (stage 1).
     Pretrain(commands::pretrain::Args),
+    /// Fine-tune a pretrained model on conversations, learning from the answers only (stage 2).
+    Sft(commands::sft::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
     Generate(commands::generate::Args),
     /// Look at instruction data.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tokenizer(TokenizerCommand::Train(args)) => commands::tokenizer::train(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Sft(args) => commands::sft::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
     };

@@ -106,6 +106,40 @@ fn pretrain_resume_and_generate() {
         9
     );
 
+    // Instruction tuning on prompt-completion data, answer loss reported before and after.
+    let mut lines = String::new();
+    for i in 0..40 {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"the king of sea {i}\", \"completion\": \"the queen\"}}\n"
+        ));
+    }
+    std::fs::write(dir.join("sft.jsonl"), lines).unwrap();
+    let out = ember(
+        &[
+            "sft",
+            "--model",
+            "run/model",
+            "--data",
+            "sft.jsonl",
+            "--run",
+            "sft",
+            "--steps",
+            "4",
+        ],
+        dir,
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("36 training and 4 validation conversations"),
+        "{log}"
+    );
+    assert!(
+        log.contains("validation answer loss before tuning") && log.contains("answer_loss"),
+        "{log}"
+    );
+    assert!(dir.join("sft/model/model.mpk").exists());
+
     // Greedy generation is deterministic and streams the prompt and its continuation.
     let args = [
         "generate",

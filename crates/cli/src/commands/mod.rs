@@ -3,4 +3,5 @@
 pub mod data;
 pub mod generate;
 pub mod pretrain;
+pub mod sft;
 pub mod tokenizer;
