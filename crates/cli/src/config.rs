@@ -117,6 +117,28 @@ impl Default for PretrainFile {
     }
 }
 
+/// A training command's configuration: `explicit` (`--config`), else the run folder's own
+/// `config.toml` (so a resumed run keeps its settings), else the defaults; `adjust` applies
+/// the command-line overrides; the result is written back into the run folder.
+pub fn for_run<T>(
+    run: &Path,
+    explicit: Option<&Path>,
+    adjust: impl FnOnce(&mut T),
+) -> anyhow::Result<T>
+where
+    T: Serialize + for<'de> Deserialize<'de> + Default,
+{
+    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    let saved = run.join("config.toml");
+    let path = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| saved.exists().then(|| saved.clone()));
+    let mut config: T = load(path.as_deref())?;
+    adjust(&mut config);
+    ember_tokenizer::write_atomically(&saved, toml::to_string_pretty(&config)?.as_bytes())?;
+    Ok(config)
+}
+
 /// Reads a TOML file into `T`, or `T::default()` without a file.
 pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else {

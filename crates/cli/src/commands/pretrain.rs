@@ -3,12 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use ember_tokenizer::{
-    corpus_files, write_atomically, write_shards, ShardMeta, Special, TokenShard, Tokenizer,
-};
+use ember_tokenizer::{corpus_files, write_shards, ShardMeta, Special, TokenShard, Tokenizer};
 use ember_train::{fit, save_model, Pretraining, RunDir};
 use ember_transformer::{generate, GenerateConfig, Sampling};
 
@@ -45,21 +43,18 @@ pub struct Args {
 
 /// Runs `ember pretrain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.run)
-        .with_context(|| format!("creating {}", args.run.display()))?;
-    let saved = args.run.join("config.toml");
-    let config_path = args
-        .config
-        .clone()
-        .or_else(|| saved.exists().then(|| saved.clone()));
-    let mut config: PretrainFile = config::load(config_path.as_deref())?;
-    if let Some(steps) = args.steps {
-        config.train.steps = steps;
-    }
-    if let Some(preset) = args.preset {
-        config.model.preset = preset;
-    }
-    write_atomically(&saved, toml::to_string_pretty(&config)?.as_bytes())?;
+    let config = config::for_run(
+        &args.run,
+        args.config.as_deref(),
+        |config: &mut PretrainFile| {
+            if let Some(steps) = args.steps {
+                config.train.steps = steps;
+            }
+            if let Some(preset) = args.preset {
+                config.model.preset = preset;
+            }
+        },
+    )?;
 
     let tokenizer = prepare_tokenizer(&args, &config)?;
     let shards = args.run.join("shards");

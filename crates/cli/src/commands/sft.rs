@@ -6,7 +6,7 @@ use anyhow::{bail, Context as _};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ember_instruct::{read, ChatTemplate, Conversation, OnError, Rendered};
-use ember_tokenizer::{write_atomically, Special, Tokenizer};
+use ember_tokenizer::{Special, Tokenizer};
 use ember_train::{fit, load_model, save_model, RunDir, Sft, SftConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -89,24 +89,21 @@ fn load(path: &Path, strict: bool) -> anyhow::Result<Vec<Conversation>> {
 
 /// Runs `ember sft`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.run)
-        .with_context(|| format!("creating {}", args.run.display()))?;
-    let saved = args.run.join("config.toml");
-    let config_path = args
-        .config
-        .clone()
-        .or_else(|| saved.exists().then(|| saved.clone()));
-    let mut settings: SftFile = config::load(config_path.as_deref())?;
-    if let Some(steps) = args.steps {
-        settings.train.steps = steps;
-    }
+    let settings = config::for_run(
+        &args.run,
+        args.config.as_deref(),
+        |settings: &mut SftFile| {
+            if let Some(steps) = args.steps {
+                settings.train.steps = steps;
+            }
+        },
+    )?;
     if !(0.0..1.0).contains(&settings.val_fraction) {
         bail!(
             "val_fraction must be in [0, 1), got {}",
             settings.val_fraction
         );
     }
-    write_atomically(&saved, toml::to_string_pretty(&settings)?.as_bytes())?;
 
     let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
     let template = ChatTemplate::new(tokenizer.clone())?;
