@@ -25,6 +25,8 @@ enum Command {
     Pretrain(commands::pretrain::Args),
     /// Fine-tune a pretrained model on conversations, learning from the answers only (stage 2).
     Sft(commands::sft::Args),
+    /// Chat with a tuned model, multi-turn through the chat template, streaming its answers.
+    Chat(commands::chat::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
     Generate(commands::generate::Args),
     /// Look at instruction data.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(TokenizerCommand::Train(args)) => commands::tokenizer::train(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Sft(args) => commands::sft::run(args),
+        Command::Chat(args) => commands::chat::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
     };

@@ -140,6 +140,89 @@ fn pretrain_resume_and_generate() {
     );
     assert!(dir.join("sft/model/model.mpk").exists());
 
+    // A chat: two turns on standard input, one answer line each, and a prompts file.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "chat",
+            "--model",
+            "sft/model",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+            "--system",
+            "be brief",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"the king of sea 1\n/reset\nthe king of sea 2\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("(a new conversation)"));
+    std::fs::write(
+        dir.join("prompts.jsonl"),
+        "{\"prompt\": \"the king\"}\n{\"prompt\": \"a sea\"}\n",
+    )
+    .unwrap();
+    let out = ember(
+        &[
+            "generate",
+            "--model",
+            "run/model",
+            "--prompts",
+            "prompts.jsonl",
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "2",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["prompt"], "a sea");
+    assert!(lines[0]["finish"] == "length" || lines[0]["finish"] == "stop");
+    std::fs::write(
+        dir.join("broken.jsonl"),
+        "{\"prompt\": \"ok\"}\n{\"text\": 1}\n",
+    )
+    .unwrap();
+    let out = ember(
+        &[
+            "generate",
+            "--model",
+            "run/model",
+            "--prompts",
+            "broken.jsonl",
+        ],
+        dir,
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("broken.jsonl:2:"),
+        "{}",
+        text(&out)
+    );
+
     // Greedy generation is deterministic and streams the prompt and its continuation.
     let args = [
         "generate",

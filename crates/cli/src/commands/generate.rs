@@ -1,15 +1,14 @@
 //! `ember generate`.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use burn::tensor::backend::Backend;
 use ember_tokenizer::{Special, Tokenizer};
 use ember_train::load_model;
-use ember_transformer::{generate_streaming, GenerateConfig, Sampling};
+use ember_transformer::{generate_streaming, GenerateConfig};
 
-use crate::config;
+use super::sampling::{SamplingArgs, StreamPrinter};
 use crate::device::{with_backend, DeviceKind};
 
 /// Arguments of `ember generate`.
@@ -23,79 +22,24 @@ pub struct Args {
     /// token.
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// A TOML file with `max_new_tokens`, `seed` and a `[sampling]` table (`kind = "greedy" |
-    /// "temperature" | "top_k" | "top_p"` and its parameters); flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// New tokens per prompt, at most [default: 100].
-    #[arg(long)]
-    pub max_new_tokens: Option<usize>,
-    /// Sampling temperature; 0 means greedy [default: 0.8].
-    #[arg(long)]
-    pub temperature: Option<f32>,
-    /// Sample among the k most likely tokens only.
-    #[arg(long, conflicts_with = "top_p")]
-    pub top_k: Option<usize>,
-    /// Sample among the most likely tokens whose probabilities reach p (nucleus sampling).
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    /// Seed of the draws: the same seed gives the same text [default: 0].
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A JSONL file of `{"prompt": "..."}` lines to continue in batches; the results go to
+    /// standard output as JSONL (`prompt`, `completion`, `finish`).
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompts: Option<PathBuf>,
+    /// Prompts per batch with `--prompts`.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
     /// Which backend runs the model.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
 }
 
-/// `ember generate`'s configuration file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GenerateFile {
-    /// New tokens per prompt, at most.
-    pub max_new_tokens: usize,
-    /// How tokens are drawn.
-    pub sampling: Sampling,
-    /// Seed of the draws.
-    pub seed: u64,
-}
-
-impl Default for GenerateFile {
-    fn default() -> Self {
-        Self {
-            max_new_tokens: 100,
-            sampling: Sampling::Temperature { temperature: 0.8 },
-            seed: 0,
-        }
-    }
-}
-
-impl Args {
-    /// The file's settings with the flags applied on top.
-    fn settings(&self) -> anyhow::Result<GenerateFile> {
-        let mut settings: GenerateFile = config::load(self.config.as_deref())?;
-        if let Some(n) = self.max_new_tokens {
-            settings.max_new_tokens = n;
-        }
-        if let Some(seed) = self.seed {
-            settings.seed = seed;
-        }
-        if self.temperature.is_some() || self.top_k.is_some() || self.top_p.is_some() {
-            let temperature = self.temperature.unwrap_or(settings.sampling.temperature());
-            settings.sampling = match (self.top_k, self.top_p) {
-                _ if temperature == 0.0 => Sampling::Greedy,
-                (Some(k), _) => Sampling::TopK { k, temperature },
-                (None, Some(p)) => Sampling::TopP { p, temperature },
-                (None, None) => Sampling::Temperature { temperature },
-            };
-        }
-        settings.sampling.validate()?;
-        Ok(settings)
-    }
-}
-
 /// Runs `ember generate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    args.settings()?; // Report a bad config before loading anything.
+    args.sampling.settings()?; // Report a bad config before loading anything.
     with_backend!(args.device, |B, AD, device| generate_on::<B>(
         &args, &device
     ))
@@ -119,7 +63,7 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
             Ok(if ids.is_empty() { vec![bos] } else { ids })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let settings = args.settings()?;
+    let settings = args.sampling.settings()?;
     let config = GenerateConfig {
         max_new_tokens: settings.max_new_tokens,
         sampling: settings.sampling,
@@ -128,30 +72,68 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
         seed: settings.seed,
     };
 
+    if let Some(file) = &args.prompts {
+        return generate_file(&model, &tokenizer, &config, file, args.batch_size);
+    }
     if encoded.len() == 1 {
         // One prompt: stream the text as it is generated.
-        let mut stdout = std::io::stdout();
-        write!(stdout, "{}", prompts[0])?;
-        let mut ids = Vec::new();
-        let mut shown = 0;
-        generate_streaming(&model, &encoded, &config, |_, token| {
-            ids.push(token);
-            if let Ok(text) = tokenizer.decode(&ids) {
-                // Wait for a whole character before printing (a byte-level token may split one).
-                if !text.ends_with('\u{fffd}') && text.len() > shown {
-                    let _ = write!(stdout, "{}", &text[shown..]);
-                    let _ = stdout.flush();
-                    shown = text.len();
-                }
-            }
-        })?;
-        writeln!(stdout)?;
+        print!("{}", prompts[0]);
+        let mut printer = StreamPrinter::new(&tokenizer);
+        generate_streaming(&model, &encoded, &config, |_, token| printer.push(token))?;
+        println!();
         return Ok(());
     }
     let outputs = generate_streaming(&model, &encoded, &config, |_, _| {})?;
     for (prompt, output) in prompts.iter().zip(outputs) {
         println!("--- {prompt}");
         println!("{prompt}{}", tokenizer.decode(&output.tokens)?);
+    }
+    Ok(())
+}
+
+/// Continues the prompts of a JSONL file in batches and prints JSONL results.
+fn generate_file<B: Backend>(
+    model: &ember_transformer::Gpt<B>,
+    tokenizer: &Tokenizer,
+    config: &GenerateConfig,
+    file: &std::path::Path,
+    batch_size: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut prompts = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: invalid JSON", file.display(), index + 1))?;
+        let Some(prompt) = value.get("prompt").and_then(|p| p.as_str()) else {
+            anyhow::bail!(
+                "{}:{}: expected {{\"prompt\": \"...\"}}",
+                file.display(),
+                index + 1
+            );
+        };
+        prompts.push(prompt.to_owned());
+    }
+    let bos = tokenizer.special(Special::Bos)?;
+    for chunk in prompts.chunks(batch_size) {
+        let encoded = chunk
+            .iter()
+            .map(|p| {
+                Ok(Some(tokenizer.encode(p)?)
+                    .filter(|ids| !ids.is_empty())
+                    .unwrap_or(vec![bos]))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let outputs = generate_streaming(model, &encoded, config, |_, _| {})?;
+        for (prompt, output) in chunk.iter().zip(outputs) {
+            let completion = tokenizer.decode_skip_special(&output.tokens)?;
+            let line = serde_json::json!({ "prompt": prompt, "completion": completion, "finish": output.finish });
+            println!("{line}");
+        }
     }
     Ok(())
 }

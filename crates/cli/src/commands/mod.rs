@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod chat;
 pub mod data;
 pub mod generate;
 pub mod pretrain;
+pub mod sampling;
 pub mod sft;
 pub mod tokenizer;

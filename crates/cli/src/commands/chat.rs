@@ -1,0 +1,106 @@
+//! `ember chat`: an interactive, multi-turn conversation through the chat template.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use burn::tensor::backend::Backend;
+use ember_instruct::{ChatTemplate, Conversation, Message, Role};
+use ember_tokenizer::{Special, Tokenizer};
+use ember_train::load_model;
+use ember_transformer::{generate_streaming, GenerateConfig};
+
+use super::sampling::{SamplingArgs, StreamPrinter};
+use crate::device::{with_backend, DeviceKind};
+
+/// Arguments of `ember chat`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A model folder (`model.json`, `model.mpk`, `tokenizer.json`), for example RUN/model of
+    /// `ember sft`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A system message that frames the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Which backend runs the model.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+/// Runs `ember chat`: one line of standard input is one user turn; `/reset` starts over;
+/// end of input ends the chat.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    args.sampling.settings()?;
+    with_backend!(args.device, |B, AD, device| chat::<B>(&args, &device))
+}
+
+fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
+    let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
+    let template = ChatTemplate::new(tokenizer.clone())?;
+    let model = load_model::<B>(&args.model, device)
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let settings = args.sampling.settings()?;
+    let context = model.config().max_seq_len;
+    let fresh = || Conversation::new(args.system.iter().map(Message::system).collect());
+    let mut conversation = fresh();
+    let mut turn = 0u64;
+    eprintln!(
+        "chatting with {} (one line per turn, /reset to start over, Ctrl-D to quit)",
+        args.model.display()
+    );
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.trim() == "/reset" {
+            conversation = fresh();
+            eprintln!("(a new conversation)");
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        conversation.messages.push(Message::user(line));
+        // Keep the newest turns that leave room to answer; the system message stays.
+        let mut prompt = template.render_prompt(&conversation)?;
+        while prompt.len() + 8 > context {
+            let first_turn = usize::from(conversation.messages[0].role == Role::System);
+            if conversation.messages.len() - first_turn <= 1 {
+                anyhow::bail!(
+                    "this message alone ({} tokens) does not fit the model's context of {context}",
+                    prompt.len()
+                );
+            }
+            conversation.messages.drain(first_turn..first_turn + 2);
+            prompt = template.render_prompt(&conversation)?;
+        }
+        let config = GenerateConfig {
+            max_new_tokens: settings.max_new_tokens,
+            sampling: settings.sampling,
+            stop_tokens: vec![template.stop_token(), tokenizer.special(Special::Eos)?],
+            pad_token: tokenizer.special(Special::Pad)?,
+            seed: settings.seed.wrapping_add(turn),
+        };
+        turn += 1;
+        let mut printer = StreamPrinter::new(&tokenizer);
+        let stops = config.stop_tokens.clone();
+        let output = generate_streaming(&model, &[prompt], &config, |_, token| {
+            if !stops.contains(&token) {
+                printer.push(token);
+            }
+        })?;
+        println!();
+        let answer = output[0]
+            .tokens
+            .iter()
+            .copied()
+            .filter(|t| !stops.contains(t))
+            .collect::<Vec<_>>();
+        conversation
+            .messages
+            .push(Message::assistant(tokenizer.decode(&answer)?));
+    }
+    Ok(())
+}
