@@ -1,0 +1,188 @@
+//! The built-in tasks: deterministic, fairly judged, and split so training never sees a
+//! held-out prompt.
+
+use std::collections::HashSet;
+
+use ember_tasks::{split_of, Split, Task, TaskSet};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+#[test]
+fn examples_are_deterministic_per_seed() {
+    let tasks = TaskSet::builtin();
+    assert_eq!(
+        tasks.examples(Split::Train, 20, 1),
+        tasks.examples(Split::Train, 20, 1)
+    );
+    assert_ne!(
+        tasks.examples(Split::Train, 20, 1),
+        tasks.examples(Split::Train, 20, 2)
+    );
+    assert_eq!(tasks.corpus(50, 3), tasks.corpus(50, 3));
+}
+
+#[test]
+fn every_family_has_examples_in_both_splits() {
+    let tasks = TaskSet::builtin();
+    for (split, wanted) in [(Split::Train, 50), (Split::HeldOut, 8)] {
+        let examples = tasks.examples(split, wanted, 0);
+        for name in tasks.names() {
+            let n = examples.iter().filter(|e| e.family == name).count();
+            assert_eq!(n, wanted, "{name} has {n} {split:?} examples");
+        }
+    }
+}
+
+#[test]
+fn held_out_prompts_never_reach_training() {
+    let tasks = TaskSet::builtin();
+    let held = tasks
+        .examples(Split::HeldOut, 30, 5)
+        .into_iter()
+        .map(|e| e.prompt)
+        .collect::<HashSet<_>>();
+    for seed in 0..5 {
+        for example in tasks.examples(Split::Train, 200, seed) {
+            assert!(!held.contains(&example.prompt), "{}", example.prompt);
+            assert_eq!(split_of(&example.prompt), Split::Train);
+        }
+    }
+}
+
+/// A wrong answer for each family: the reference answer with its content changed.
+fn wrong(answer: &str) -> String {
+    if let Ok(n) = answer.parse::<i64>() {
+        return (n + 1).to_string();
+    }
+    if answer.contains(", ") {
+        let mut parts = answer.split(", ").collect::<Vec<_>>();
+        parts.reverse();
+        return parts.join(", ");
+    }
+    format!("zz{}", answer.trim_end_matches('.'))
+}
+
+#[test]
+fn every_judge_gives_the_reference_full_marks_and_a_wrong_answer_less() {
+    let tasks = TaskSet::builtin();
+    for example in tasks
+        .examples(Split::Train, 25, 9)
+        .into_iter()
+        .chain(tasks.examples(Split::HeldOut, 5, 9))
+    {
+        let reference = tasks
+            .score(&example.family, &example.prompt, &example.answer)
+            .unwrap();
+        assert_eq!(reference, 1.0, "{example:?}");
+        if example.family == "describe" {
+            let rambling = "it it it it it it it it and and and and and and";
+            assert!(
+                tasks
+                    .score(&example.family, &example.prompt, rambling)
+                    .unwrap()
+                    < 1.0
+            );
+            continue;
+        }
+        let bad = wrong(&example.answer);
+        if bad != example.answer {
+            let score = tasks.score(&example.family, &example.prompt, &bad).unwrap();
+            assert!(score < 0.5, "{example:?} scored {score} for {bad:?}");
+        }
+        // Correct but not ending cleanly is better than wrong, worse than clean.
+        let chatty = format!("{} I hope this helps you today.", example.answer);
+        let score = tasks
+            .score(&example.family, &example.prompt, &chatty)
+            .unwrap();
+        assert!((0.5..1.0).contains(&score), "{example:?}: {score}");
+    }
+}
+
+#[test]
+fn judges_know_their_own_prompts_only() {
+    let tasks = TaskSet::builtin();
+    assert_eq!(
+        tasks.score(
+            "arithmetic",
+            "Translate into French: cat. Translation:",
+            "chat."
+        ),
+        None
+    );
+    assert_eq!(tasks.score("no such family", "What is 1 + 1?", "2"), None);
+    assert_eq!(
+        tasks.score("arithmetic", "What is 17 + 25?", "42"),
+        Some(1.0)
+    );
+    assert_eq!(
+        tasks.score(
+            "translate",
+            "Translate into English: Hund. Translation:",
+            "dog."
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        tasks.score("sort", "Sort from smallest to largest: 5, 2, 9", "2, 5, 9"),
+        Some(1.0)
+    );
+}
+
+/// A family a user adds: doubling a number.
+struct Double;
+
+impl Task for Double {
+    fn name(&self) -> &'static str {
+        "double"
+    }
+    fn generate(&self, rng: &mut StdRng) -> (String, String) {
+        let n: i64 = rng.random_range(0..50);
+        (format!("Double {n}."), (2 * n).to_string())
+    }
+    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+        let n: i64 = prompt
+            .strip_prefix("Double ")?
+            .strip_suffix('.')?
+            .parse()
+            .ok()?;
+        Some(ember_tasks::grade(answer, &(2 * n).to_string()))
+    }
+    fn corpus_sentence(&self, rng: &mut StdRng) -> String {
+        let n: i64 = rng.random_range(0..50);
+        format!("Twice {n} is {}.", 2 * n)
+    }
+}
+
+#[test]
+fn a_user_can_add_a_family() {
+    let tasks = TaskSet::builtin().with(Box::new(Double));
+    let examples = tasks.examples(Split::Train, 5, 0);
+    assert_eq!(examples.iter().filter(|e| e.family == "double").count(), 5);
+    assert_eq!(tasks.score("double", "Double 21.", "42"), Some(1.0));
+    assert!(tasks.corpus(90, 0).contains("Twice "));
+}
+
+#[test]
+fn the_corpus_carries_the_tasks_vocabulary() {
+    let corpus = TaskSet::builtin().corpus(2000, 0);
+    for needle in [
+        " word for ",
+        " plus ",
+        "backwards",
+        " is spelled ",
+        " letters.",
+        "In order,",
+        "larger than",
+        "chat",
+        "Hund",
+        "gato",
+    ] {
+        assert!(corpus.contains(needle), "{needle}");
+    }
+    let lines = corpus.lines().collect::<HashSet<_>>();
+    assert!(
+        lines.len() > 1000,
+        "only {} distinct sentences",
+        lines.len()
+    );
+}
