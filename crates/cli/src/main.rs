@@ -27,6 +27,8 @@ enum Command {
     Sft(commands::sft::Args),
     /// Chat with a tuned model, multi-turn through the chat template, streaming its answers.
     Chat(commands::chat::Args),
+    /// Score a model on the built-in tasks' held-out prompts, per task family.
+    Eval(commands::eval::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
     Generate(commands::generate::Args),
     /// Look at instruction data.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Chat(args) => commands::chat::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
     };

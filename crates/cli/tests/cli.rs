@@ -223,6 +223,49 @@ fn pretrain_resume_and_generate() {
         text(&out)
     );
 
+    // Evaluation on the built-in tasks: a table per family, and per-example JSONL.
+    let out = ember(
+        &[
+            "eval",
+            "--model",
+            "sft/model",
+            "--per-family",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--output",
+            "eval.jsonl",
+        ],
+        dir,
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    for family in [
+        "translate",
+        "arithmetic",
+        "reverse",
+        "spell",
+        "count_letters",
+        "sort",
+        "compare",
+        "describe",
+        "all",
+    ] {
+        assert!(
+            log.lines().any(|l| l.starts_with(family)),
+            "{family}: {log}"
+        );
+    }
+    let rows = std::fs::read_to_string(dir.join("eval.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 16);
+    for row in rows.lines() {
+        let row: serde_json::Value = serde_json::from_str(row).unwrap();
+        let score = row["score"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&score) && row["prompt"].is_string() && row["output"].is_string()
+        );
+    }
+
     // Greedy generation is deterministic and streams the prompt and its continuation.
     let args = [
         "generate",
