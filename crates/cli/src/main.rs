@@ -31,9 +31,19 @@ enum Command {
     Eval(commands::eval::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
     Generate(commands::generate::Args),
+    /// The built-in tasks: export their corpus and conversations.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Look at instruction data.
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// Write `corpus.txt` (pretraining), `sft.jsonl` (training conversations) and
+    /// `heldout.jsonl` (evaluation prompts) for the built-in tasks.
+    Export(commands::tasks::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +67,7 @@ fn main() -> ExitCode {
         Command::Sft(args) => commands::sft::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Tasks(TasksCommand::Export(args)) => commands::tasks::export(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
     };

@@ -352,6 +352,57 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
 }
 
 #[test]
+fn tasks_export_writes_data_the_other_commands_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let args = [
+        "tasks",
+        "export",
+        "--out",
+        "t",
+        "--corpus-sentences",
+        "100",
+        "--train-per-family",
+        "3",
+        "--heldout-per-family",
+        "2",
+    ];
+    let out = ember(&args, dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("t/corpus.txt"))
+            .unwrap()
+            .lines()
+            .count(),
+        100
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("t/heldout.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        16
+    );
+    let tokenizer = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tokenizer/tests/fixtures/hf/ember-tokenizer.json"
+    );
+    let out = ember(
+        &[
+            "data",
+            "show",
+            "t/sft.jsonl",
+            "--tokenizer",
+            tokenizer,
+            "--strict",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("24 conversations"), "{}", text(&out));
+}
+
+#[test]
 fn help_describes_every_command() {
     let dir = tempfile::tempdir().unwrap();
     for command in [

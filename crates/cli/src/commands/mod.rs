@@ -7,4 +7,5 @@ pub mod generate;
 pub mod pretrain;
 pub mod sampling;
 pub mod sft;
+pub mod tasks;
 pub mod tokenizer;
