@@ -49,8 +49,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     write_atomically(&args.out.join("heldout.jsonl"), held.as_bytes())?;
     println!(
-        "wrote {} ({} sentences), sft.jsonl ({} conversations) and heldout.jsonl ({} examples) to {}",
-        "corpus.txt",
+        "wrote corpus.txt ({} sentences), sft.jsonl ({} conversations) and heldout.jsonl ({} examples) to {}",
         args.corpus_sentences,
         sft.lines().count(),
         held.lines().count(),
