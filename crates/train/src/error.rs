@@ -51,9 +51,6 @@ pub enum Error {
     /// From the instruction data.
     #[error(transparent)]
     Instruct(#[from] ember_instruct::Error),
-    /// From a stage's own objective.
-    #[error(transparent)]
-    Objective(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The crate's result type.
