@@ -48,11 +48,7 @@ pub struct Dataset {
 /// A file that cannot be read; the first malformed record under [`OnError::Stop`]; a file
 /// whose format cannot be told.
 pub fn read(path: &Path, format: Option<Format>, on_error: OnError) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let records = records(path, &text)?;
+    let records = read_records(path)?;
     let format = match format {
         Some(f) => f,
         None => detect(path, &records)?,
@@ -77,8 +73,22 @@ pub fn read(path: &Path, format: Option<Format>, on_error: OnError) -> Result<Da
     Ok(dataset)
 }
 
-/// The records of a JSON array or a JSONL file, each with the line it starts on.
-type Records = Vec<(usize, std::result::Result<Map<String, Value>, String>)>;
+/// The records of a JSON array or a JSONL file, each with the line it starts on and either
+/// its JSON object or why it is not one.
+pub type Records = Vec<(usize, std::result::Result<Map<String, Value>, String>)>;
+
+/// Reads the records of a JSON array or JSONL file, for readers of other record kinds (the
+/// reward model's rankings, for example).
+///
+/// # Errors
+/// A file that cannot be read, or a JSON array that does not parse.
+pub fn read_records(path: &Path) -> Result<Records> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    records(path, &text)
+}
 
 fn object(value: Value) -> std::result::Result<Map<String, Value>, String> {
     match value {
@@ -87,7 +97,8 @@ fn object(value: Value) -> std::result::Result<Map<String, Value>, String> {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// What kind of JSON value this is, for error messages ("a string", "an array", …).
+pub fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -157,7 +168,11 @@ fn detect(path: &Path, records: &Records) -> Result<Format> {
     })
 }
 
-fn text_field(map: &Map<String, Value>, key: &str) -> std::result::Result<String, String> {
+/// The string at `key`, or why there is none.
+///
+/// # Errors
+/// A missing key, or a value that is not a string.
+pub fn text_field(map: &Map<String, Value>, key: &str) -> std::result::Result<String, String> {
     match map.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
@@ -174,7 +189,12 @@ fn role(name: &str) -> std::result::Result<Role, String> {
     }
 }
 
-fn turns(
+/// A list of turns, each an object with a role (`system`, `user`/`human`,
+/// `assistant`/`gpt`/`model`) at `role_key` and the text at `content_key`.
+///
+/// # Errors
+/// Not a list, a turn that is not an object, a missing field or an unknown role.
+pub fn turns(
     list: &Value,
     role_key: &str,
     content_key: &str,

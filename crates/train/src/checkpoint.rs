@@ -20,8 +20,8 @@ pub struct TrainState {
 
 pub(crate) type FileRecorder = NamedMpkFileRecorder<FullPrecisionSettings>;
 
-/// Saves one record to `path` (burn adds `.mpk`).
-pub(crate) fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<()> {
+/// Saves one record to `path` (burn adds `.mpk`), in full precision.
+pub fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<()> {
     Recorder::<B>::record(&FileRecorder::new(), record, path.to_path_buf())
         .map(|_| ())
         .map_err(|e| Error::Record {
@@ -31,7 +31,7 @@ pub(crate) fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> R
 }
 
 /// Loads one record from `path` (without `.mpk`).
-pub(crate) fn load_record<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
+pub fn load_record<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
     let file = path.with_extension("mpk");
     if !file.exists() {
         return Err(Error::io(

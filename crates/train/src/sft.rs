@@ -5,12 +5,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use ember_instruct::{pack_rows, pad_rows, Rendered, Row, PAD_SEGMENT};
 use ember_transformer::{masked_cross_entropy, DecoderInput, Gpt, Positions, TokenBatch};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Loss, MicroBatch, Objective, Result};
+use crate::{EpochOrder, Error, Loss, MicroBatch, Objective, Result};
 
 /// Batching for [`Sft`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,8 +98,7 @@ pub struct Sft<B: Backend> {
     val: Vec<Row>,
     config: SftConfig,
     device: B::Device,
-    /// The shuffled order of the training rows in one epoch, with the epoch's number.
-    order: Option<(usize, Vec<usize>)>,
+    order: EpochOrder,
 }
 
 fn rows(items: &[Rendered], pad: u32, config: &SftConfig) -> Result<Vec<Row>> {
@@ -144,11 +140,11 @@ impl<B: Backend> Sft<B> {
             )));
         }
         Ok(Self {
-            train: train_rows,
             val: val_rows,
+            order: EpochOrder::new(train_rows.len(), config.seed),
+            train: train_rows,
             config,
             device: device.clone(),
-            order: None,
         })
     }
 
@@ -157,24 +153,12 @@ impl<B: Backend> Sft<B> {
         &self.train
     }
 
-    /// The rows of micro-batch `index` (counted over the whole run): epochs of a shuffled
-    /// order, each epoch's order seeded by `(seed, epoch)`.
+    /// The rows of micro-batch `index` (counted over the whole run).
     fn micro_batch(&mut self, index: usize) -> Vec<Row> {
-        let n = self.train.len();
-        (0..self.config.batch_size)
-            .map(|i| {
-                let position = index * self.config.batch_size + i;
-                let (epoch, offset) = (position / n, position % n);
-                if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let mut order = (0..n).collect::<Vec<_>>();
-                    let seed =
-                        self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    order.shuffle(&mut StdRng::seed_from_u64(seed));
-                    self.order = Some((epoch, order));
-                }
-                let (_, order) = self.order.as_ref().expect("just set");
-                self.train[order[offset]].clone()
-            })
+        self.order
+            .batch(index, self.config.batch_size)
+            .into_iter()
+            .map(|i| self.train[i].clone())
             .collect()
     }
 

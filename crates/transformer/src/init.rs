@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 
 /// A linear layer with weights drawn from N(0, std²) and biases at zero (PyTorch GPT-2's
 /// init; burn's default would draw the biases from the weights' distribution too).
-pub(crate) fn linear<B: Backend>(
+pub fn linear<B: Backend>(
     d_input: usize,
     d_output: usize,
     bias: bool,
@@ -28,7 +28,7 @@ pub(crate) fn linear<B: Backend>(
 /// clone of an uninitialised parameter carries the initialiser rather than the value, so
 /// the clone and the original would draw different weights (a saved copy of a fresh model
 /// would not be the model). A module built here is one concrete value from the start.
-pub(crate) fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
     struct Materialize;
     impl<B: Backend> ModuleMapper<B> for Materialize {}
     module.map(&mut Materialize)

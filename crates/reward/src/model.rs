@@ -1,0 +1,268 @@
+//! The reward model: the transformer trunk with a scalar head, read at the last real token
+//! of prompt + answer; its normalisation; its files.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use ember_train::{load_model_config, load_record, save_record};
+use ember_transformer::{DecoderInput, Gpt, Positions};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Which side of a batch's shorter rows the padding goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// After the tokens (training): positions start at 0 everywhere, and causality alone
+    /// keeps the padding out of sight.
+    Right,
+    /// Before the tokens (as generation lays out a batch): a mask hides the padding and
+    /// positions start at each row's first real token.
+    Left,
+}
+
+/// Token rows on the device, with the index of each row's last real token.
+#[derive(Debug, Clone)]
+pub struct ScoreBatch<B: Backend> {
+    /// The forward's input.
+    pub input: DecoderInput<B>,
+    /// `[batch]`: where each row's last real token is.
+    pub last: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> ScoreBatch<B> {
+    /// Pads `rows` with `pad` on the `padding` side.
+    ///
+    /// # Errors
+    /// No rows, or an empty row.
+    pub fn new(
+        rows: &[Vec<u32>],
+        pad: u32,
+        padding: Padding,
+        n_heads: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if rows.is_empty() || rows.iter().any(Vec::is_empty) {
+            return Err(Error::Config(
+                "a score batch needs rows of at least one token".into(),
+            ));
+        }
+        let batch = rows.len();
+        let seq = rows.iter().map(Vec::len).max().expect("rows");
+        let mut tokens = Vec::with_capacity(batch * seq);
+        let mut last = Vec::with_capacity(batch);
+        for row in rows {
+            let fill = std::iter::repeat_n(i64::from(pad), seq - row.len());
+            let ids = row.iter().map(|&t| i64::from(t));
+            match padding {
+                Padding::Right => {
+                    tokens.extend(ids.chain(fill));
+                    last.push(row.len() as i64 - 1);
+                }
+                Padding::Left => {
+                    tokens.extend(fill.chain(ids));
+                    last.push(seq as i64 - 1);
+                }
+            }
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [batch, seq]), device);
+        let last = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [batch]), device);
+        let (positions, mask) = match padding {
+            Padding::Right => (Positions::Contiguous { start: 0 }, None),
+            Padding::Left => {
+                let mut positions = Vec::with_capacity(batch * seq);
+                let mut hidden = Vec::with_capacity(batch * seq * seq);
+                for row in rows {
+                    let pad = seq - row.len();
+                    positions.extend((0..seq).map(|t| t.saturating_sub(pad) as i64));
+                    for query in 0..seq {
+                        // A padding query sees the first padding token, so no softmax row is
+                        // empty; a real query sees no padding.
+                        hidden.extend((0..seq).map(|key| key < pad && (query >= pad || key != 0)));
+                    }
+                }
+                let positions = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(positions, [batch, seq]),
+                    device,
+                );
+                let mask = Tensor::<B, 4, Bool>::from_data(
+                    TensorData::new(hidden, [batch, 1, seq, seq]),
+                    device,
+                )
+                .expand([batch, n_heads, seq, seq]);
+                (Positions::PerToken(positions), Some(mask))
+            }
+        };
+        Ok(Self {
+            input: DecoderInput {
+                tokens,
+                positions,
+                mask,
+            },
+            last,
+        })
+    }
+}
+
+/// The transformer with a scalar head: a reward model, or a critic (PPO's value model).
+#[derive(Module, Debug)]
+pub struct RewardModel<B: Backend> {
+    trunk: Gpt<B>,
+    head: Linear<B>,
+}
+
+/// The head's initial standard deviation by lm-human-preferences' rule, 1/√(d_model + 1): the
+/// initial scores are small and do not depend on the width.
+pub fn default_head_std(d_model: usize) -> f64 {
+    1.0 / ((d_model + 1) as f64).sqrt()
+}
+
+impl<B: Backend> RewardModel<B> {
+    /// A scalar head with weights from N(0, `head_std`²) and a zero bias on top of `trunk`
+    /// (an SFT model, typically).
+    pub fn new(trunk: Gpt<B>, head_std: f64) -> Self {
+        let device = trunk
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model lives on a device");
+        let head = ember_transformer::linear(trunk.config().d_model, 1, true, head_std, &device);
+        ember_transformer::materialize(Self { trunk, head })
+    }
+
+    /// The trunk.
+    pub fn trunk(&self) -> &Gpt<B> {
+        &self.trunk
+    }
+
+    /// The head's output at every token.
+    ///
+    /// # Shapes
+    /// - `input.tokens`: `[batch, seq]` → `[batch, seq]`
+    pub fn forward_all(&self, input: DecoderInput<B>) -> Tensor<B, 2> {
+        let hidden = self.trunk.forward_hidden(input);
+        let [batch, seq, _] = hidden.dims();
+        self.head.forward(hidden).reshape([batch, seq])
+    }
+
+    /// The raw score of each row, read at its last real token.
+    ///
+    /// # Shapes
+    /// `[batch]`
+    pub fn score(&self, batch: &ScoreBatch<B>) -> Tensor<B, 1> {
+        let hidden = self.trunk.forward_hidden(batch.input.clone());
+        let [rows, _, d_model] = hidden.dims();
+        let index = batch
+            .last
+            .clone()
+            .reshape([rows, 1, 1])
+            .expand([rows, 1, d_model]);
+        let at_last = hidden.gather(1, index).reshape([rows, d_model]);
+        self.head.forward(at_last).reshape([rows])
+    }
+}
+
+/// An affine map of the raw score, `gain × raw + bias`, fitted after training so that the SFT
+/// policy's answers score mean 0 (and std 1 with a gain).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Multiplies the raw score.
+    pub gain: f64,
+    /// Added after the gain.
+    pub bias: f64,
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self {
+            gain: 1.0,
+            bias: 0.0,
+        }
+    }
+}
+
+impl Normalization {
+    /// The map that gives `raw` scores mean 0, and std 1 if `with_gain` (a constant set of
+    /// scores keeps gain 1).
+    ///
+    /// # Errors
+    /// No scores, or one that is not finite.
+    pub fn fit(raw: &[f64], with_gain: bool) -> Result<Self> {
+        if raw.is_empty() || raw.iter().any(|s| !s.is_finite()) {
+            return Err(Error::Config(
+                "normalisation needs at least one finite score".into(),
+            ));
+        }
+        let n = raw.len() as f64;
+        let mean = raw.iter().sum::<f64>() / n;
+        let std = (raw.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let gain = if with_gain && std > 1e-12 {
+            1.0 / std
+        } else {
+            1.0
+        };
+        Ok(Self {
+            gain,
+            bias: -mean * gain,
+        })
+    }
+
+    /// The normalised score.
+    pub fn apply(&self, raw: f64) -> f64 {
+        self.gain * raw + self.bias
+    }
+}
+
+/// What `reward.json` holds beside the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardFile {
+    /// The normalisation of the raw score.
+    pub normalization: Normalization,
+}
+
+/// Writes a reward model into `dir`: `model.json` (the trunk's config), `model.mpk` (trunk and
+/// head) and `reward.json` (the normalisation), each replaced atomically. Copy the
+/// tokenizer beside it.
+///
+/// # Errors
+/// The folder or files cannot be written.
+pub fn save_reward_model<B: Backend>(
+    model: &RewardModel<B>,
+    normalization: Normalization,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(".model.tmp");
+    save_record::<B, _>(model.clone().into_record(), &tmp)?;
+    let weights = dir.join("model.mpk");
+    std::fs::rename(tmp.with_extension("mpk"), &weights).map_err(|e| Error::io(&weights, e))?;
+    let config = serde_json::to_string_pretty(model.trunk().config()).expect("config serialises");
+    ember_tokenizer::write_atomically(&dir.join("model.json"), config.as_bytes())?;
+    let file = serde_json::to_string_pretty(&RewardFile { normalization }).expect("serialises");
+    ember_tokenizer::write_atomically(&dir.join("reward.json"), file.as_bytes())?;
+    Ok(())
+}
+
+/// Loads a reward model written by [`save_reward_model`].
+///
+/// # Errors
+/// Missing or damaged files (a folder without `reward.json` holds a language model, not a
+/// reward model).
+pub fn load_reward_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(RewardModel<B>, Normalization)> {
+    let path = dir.join("reward.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let file: RewardFile =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+    let config = load_model_config(dir)?;
+    let model = RewardModel::new(config.init::<B>(device)?, default_head_std(config.d_model));
+    let record = load_record::<B, _>(&dir.join("model"), device)?;
+    Ok((model.load_record(record), file.normalization))
+}

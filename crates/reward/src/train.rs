@@ -1,0 +1,407 @@
+//! Training and evaluating a reward model on rankings, with the shared training loop.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ElementConversion;
+use ember_instruct::ChatTemplate;
+use ember_train::{EpochOrder, Loss, MicroBatch, Objective};
+use serde::{Deserialize, Serialize};
+
+use crate::{ranking_loss, Error, Padding, Ranking, Result, RewardModel, ScoreBatch};
+
+/// A ranking as token rows: prompt + answer + the assistant's end marker, where the score is
+/// read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedRanking {
+    /// One row per answer.
+    pub rows: Vec<Vec<u32>>,
+    /// The ranking's strictly ordered pairs `(better, worse)`.
+    pub pairs: Vec<(usize, usize)>,
+    /// The labeler's scores, when known.
+    pub scores: Option<Vec<f64>>,
+}
+
+impl EncodedRanking {
+    /// The number of answers.
+    pub fn k(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// The token row the reward model scores for `answer` to `prompt`: the rendered prompt, the
+/// answer, and the assistant's end marker (the last real token, where the score is read;
+/// it is not the end-of-text or the padding token).
+///
+/// # Errors
+/// A prompt the template cannot render.
+pub fn answer_row(
+    template: &ChatTemplate,
+    prompt: &ember_instruct::Conversation,
+    answer: &str,
+) -> Result<Vec<u32>> {
+    let mut row = template.render_prompt(prompt)?;
+    row.extend(template.tokenizer().encode(answer)?);
+    row.push(template.stop_token());
+    Ok(row)
+}
+
+/// Encodes rankings, leaving out those with a row longer than `max_len` tokens; the second
+/// value counts them.
+///
+/// # Errors
+/// A prompt the template cannot render.
+pub fn encode_rankings(
+    template: &ChatTemplate,
+    rankings: &[Ranking],
+    max_len: usize,
+) -> Result<(Vec<EncodedRanking>, usize)> {
+    let mut encoded = Vec::with_capacity(rankings.len());
+    let mut too_long = 0;
+    for ranking in rankings {
+        let rows = ranking
+            .completions
+            .iter()
+            .map(|answer| answer_row(template, &ranking.prompt, answer))
+            .collect::<Result<Vec<_>>>()?;
+        if rows.iter().any(|r| r.len() > max_len) {
+            too_long += 1;
+            continue;
+        }
+        encoded.push(EncodedRanking {
+            rows,
+            pairs: ranking.pairs(),
+            scores: ranking.scores.clone(),
+        });
+    }
+    Ok((encoded, too_long))
+}
+
+/// Raw scores of `rows`, `batch_size` rows per forward pass (right-padded with `pad`).
+///
+/// # Errors
+/// An empty row.
+pub fn score_rows<B: Backend>(
+    model: &RewardModel<B>,
+    rows: &[Vec<u32>],
+    pad: u32,
+    batch_size: usize,
+) -> Result<Vec<f64>> {
+    let device = model
+        .trunk()
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model lives on a device");
+    let heads = model.trunk().config().n_heads;
+    let mut scores = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let batch = ScoreBatch::<B>::new(chunk, pad, Padding::Right, heads, &device)?;
+        let values = model.score(&batch).into_data();
+        scores.extend(values.iter::<f32>().map(|v| f64::from(v.elem::<f32>())));
+    }
+    Ok(scores)
+}
+
+use burn::module::Module;
+
+/// Pairwise accuracy and margin over some rankings.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct PairStats {
+    /// Rankings counted.
+    pub rankings: usize,
+    /// Strictly ordered pairs counted.
+    pub pairs: usize,
+    /// The fraction of pairs in which the better answer scores strictly higher.
+    pub accuracy: f64,
+    /// The mean of r_better − r_worse over the pairs.
+    pub mean_margin: f64,
+}
+
+/// A reward model's agreement with held-out rankings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Over every pair.
+    pub overall: PairStats,
+    /// Per number of answers K.
+    pub by_k: BTreeMap<usize, PairStats>,
+    /// The mean ranking loss (each prompt weighing the same), without margin.
+    pub loss: f64,
+    /// Spearman's rank correlation between the model's scores and the labeler's, over every
+    /// answer that has a labeler's score; `None` without any.
+    pub spearman: Option<f64>,
+}
+
+impl Evaluation {
+    /// Evaluates `scores[i]`, the model's scores of ranking `i`'s answers.
+    pub fn new(rankings: &[EncodedRanking], scores: &[Vec<f64>]) -> Self {
+        let mut sums: BTreeMap<usize, (usize, usize, usize, f64)> = BTreeMap::new();
+        let (mut loss, mut counted) = (0.0, 0usize);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for (ranking, scores) in rankings.iter().zip(scores) {
+            let entry = sums.entry(ranking.k()).or_default();
+            entry.0 += 1;
+            let mut group_loss = 0.0;
+            for &(better, worse) in &ranking.pairs {
+                let margin = scores[better] - scores[worse];
+                entry.1 += 1;
+                entry.2 += usize::from(margin > 0.0);
+                entry.3 += margin;
+                group_loss += (1.0 + (-margin).exp()).ln();
+            }
+            if !ranking.pairs.is_empty() {
+                loss += group_loss / ranking.pairs.len() as f64;
+                counted += 1;
+            }
+            if let Some(labels) = &ranking.scores {
+                ours.extend_from_slice(scores);
+                theirs.extend_from_slice(labels);
+            }
+        }
+        let stats = |(rankings, pairs, right, margin): (usize, usize, usize, f64)| PairStats {
+            rankings,
+            pairs,
+            accuracy: right as f64 / pairs.max(1) as f64,
+            mean_margin: margin / pairs.max(1) as f64,
+        };
+        let total = sums.values().fold((0, 0, 0, 0.0), |a, b| {
+            (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
+        });
+        Self {
+            overall: stats(total),
+            by_k: sums.into_iter().map(|(k, s)| (k, stats(s))).collect(),
+            loss: loss / counted.max(1) as f64,
+            spearman: (ours.len() >= 2).then(|| spearman(&ours, &theirs)),
+        }
+    }
+}
+
+/// Ranks from 1, ties getting the mean of the ranks they span.
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order = (0..values.len()).collect::<Vec<_>>();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0; values.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && values[order[end]] == values[order[start]] {
+            end += 1;
+        }
+        let mean = (start + end + 1) as f64 / 2.0;
+        for &i in &order[start..end] {
+            ranks[i] = mean;
+        }
+        start = end;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation of `x` and `y` (the Pearson correlation of their ranks, ties
+/// at their mean rank); 0 when either is constant.
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = rx.len().min(ry.len()) as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in rx.iter().zip(&ry) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
+/// Scores every answer of `rankings` and evaluates them.
+///
+/// # Errors
+/// An empty row.
+pub fn evaluate<B: Backend>(
+    model: &RewardModel<B>,
+    rankings: &[EncodedRanking],
+    pad: u32,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let rows = rankings
+        .iter()
+        .flat_map(|r| r.rows.iter().cloned())
+        .collect::<Vec<_>>();
+    let flat = score_rows(model, &rows, pad, batch_size)?;
+    let mut scores = Vec::with_capacity(rankings.len());
+    let mut at = 0;
+    for ranking in rankings {
+        scores.push(flat[at..at + ranking.k()].to_vec());
+        at += ranking.k();
+    }
+    Ok(Evaluation::new(rankings, &scores))
+}
+
+/// Batching and loss options of [`RankingObjective`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankingConfig {
+    /// Prompts per micro-batch; all K answers of each go through one forward pass.
+    pub prompts_per_batch: usize,
+    /// Subtracted from r_better − r_worse inside the loss (0: InstructGPT's loss).
+    pub margin: f64,
+    /// Seed of the order in which prompts are visited.
+    pub seed: u64,
+    /// Answers per forward pass in evaluation.
+    pub eval_batch_size: usize,
+}
+
+impl Default for RankingConfig {
+    fn default() -> Self {
+        Self {
+            prompts_per_batch: 8,
+            margin: 0.0,
+            seed: 0,
+            eval_batch_size: 64,
+        }
+    }
+}
+
+/// The reward model's objective: the ranking loss over batches of prompts.
+#[derive(Debug)]
+pub struct RankingObjective<B: Backend> {
+    train: Vec<EncodedRanking>,
+    val: Vec<EncodedRanking>,
+    pad: u32,
+    config: RankingConfig,
+    order: EpochOrder,
+    device: B::Device,
+}
+
+impl<B: Backend> RankingObjective<B> {
+    /// An objective over encoded rankings (see [`encode_rankings`]); rankings with every
+    /// answer tied are left out of training.
+    ///
+    /// # Errors
+    /// A bad config, or no training ranking with a strict preference.
+    pub fn new(
+        train: Vec<EncodedRanking>,
+        val: Vec<EncodedRanking>,
+        pad: u32,
+        config: RankingConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if config.prompts_per_batch == 0 || config.eval_batch_size == 0 {
+            return Err(Error::Config(
+                "prompts_per_batch and eval_batch_size must be at least 1".into(),
+            ));
+        }
+        let train = train
+            .into_iter()
+            .filter(|r| !r.pairs.is_empty())
+            .collect::<Vec<_>>();
+        if train.is_empty() {
+            return Err(Error::Config(
+                "no training ranking prefers one answer to another".into(),
+            ));
+        }
+        Ok(Self {
+            order: EpochOrder::new(train.len(), config.seed),
+            train,
+            val,
+            pad,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// The training rankings.
+    pub fn train(&self) -> &[EncodedRanking] {
+        &self.train
+    }
+
+    /// The validation rankings.
+    pub fn val(&self) -> &[EncodedRanking] {
+        &self.val
+    }
+}
+
+impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RankingObjective<B> {
+    fn loss(&mut self, model: &RewardModel<B>, batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+        let picked = self.order.batch(batch.index, self.config.prompts_per_batch);
+        let mut rows = Vec::new();
+        let mut groups = Vec::with_capacity(picked.len());
+        for i in picked {
+            let ranking = &self.train[i];
+            let offset = rows.len();
+            rows.extend(ranking.rows.iter().cloned());
+            groups.push(
+                ranking
+                    .pairs
+                    .iter()
+                    .map(|&(b, w)| (offset + b, offset + w))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let heads = model.trunk().config().n_heads;
+        let to_train = |e: Error| ember_train::Error::Config(e.to_string());
+        let scores = ScoreBatch::<B>::new(&rows, self.pad, Padding::Right, heads, &self.device)
+            .map_err(to_train)?;
+        let rewards = model.score(&scores);
+        let value = ranking_loss(rewards, &groups, self.config.margin).map_err(to_train)?;
+        Ok(Loss {
+            value,
+            tokens: groups.iter().map(Vec::len).sum(),
+        })
+    }
+
+    fn validate(
+        &mut self,
+        model: &RewardModel<B::InnerBackend>,
+    ) -> ember_train::Result<Vec<(String, f64)>> {
+        if self.val.is_empty() {
+            return Ok(Vec::new());
+        }
+        let eval = evaluate(model, &self.val, self.pad, self.config.eval_batch_size)
+            .map_err(|e| ember_train::Error::Config(e.to_string()))?;
+        Ok(vec![
+            ("loss".into(), eval.loss),
+            ("accuracy".into(), eval.overall.accuracy),
+            ("margin".into(), eval.overall.mean_margin),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spearman_by_hand() {
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // With a tie: ranks x = [1, 2.5, 2.5, 4], y = [1, 2, 3, 4]; Pearson of those is
+        // 4.5 / sqrt(4.5 * 5) = 0.948683.
+        let r = spearman(&[0.0, 1.0, 1.0, 2.0], &[1.0, 2.0, 3.0, 4.0]);
+        assert!((r - 0.948_683_298).abs() < 1e-8, "{r}");
+        assert_eq!(spearman(&[1.0, 1.0], &[0.0, 1.0]), 0.0);
+    }
+
+    #[test]
+    fn evaluation_counts_pairs_by_k() {
+        let ranking = |k: usize, pairs: Vec<(usize, usize)>| EncodedRanking {
+            rows: vec![vec![1]; k],
+            pairs,
+            scores: None,
+        };
+        let rankings = [
+            ranking(3, vec![(0, 1), (0, 2), (1, 2)]),
+            ranking(2, vec![(1, 0)]),
+        ];
+        let eval = Evaluation::new(&rankings, &[vec![2.0, 0.0, 1.0], vec![0.5, 0.0]]);
+        assert_eq!(eval.overall.pairs, 4);
+        // Right: (0,1) and (0,2); wrong: (1,2) and (1,0).
+        assert!((eval.overall.accuracy - 0.5).abs() < 1e-12);
+        assert!((eval.by_k[&3].accuracy - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(eval.by_k[&2].accuracy, 0.0);
+        assert!((eval.by_k[&3].mean_margin - (2.0 + 1.0 - 1.0) / 3.0).abs() < 1e-12);
+        assert!((eval.overall.mean_margin - (2.0 + 1.0 - 1.0 - 0.5) / 4.0).abs() < 1e-12);
+    }
+}
