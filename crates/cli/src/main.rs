@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Train a ChatGPT-style assistant end to end on burn: tokenizer, pretraining, generation.
+/// Train a ChatGPT-style assistant end to end on burn: tokenizer, pretraining, instruction
+/// tuning, reward model, chat.
 #[derive(Debug, Parser)]
 #[command(name = "ember", version, propagate_version = true)]
 struct Cli {
@@ -27,6 +28,9 @@ enum Command {
     Sft(commands::sft::Args),
     /// Chat with a tuned model, multi-turn through the chat template, streaming its answers.
     Chat(commands::chat::Args),
+    /// Reward model: collect ranked answers, train, evaluate, score (stage 3).
+    #[command(subcommand)]
+    Reward(commands::reward::Command),
     /// Score a model on the built-in tasks' held-out prompts, per task family.
     Eval(commands::eval::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Chat(args) => commands::chat::run(args),
+        Command::Reward(command) => commands::reward::run(command),
         Command::Eval(args) => commands::eval::run(args),
         Command::Tasks(TasksCommand::Export(args)) => commands::tasks::export(args),
         Command::Generate(args) => commands::generate::run(args),

@@ -246,7 +246,12 @@ pub fn write_rankings(path: &Path, rankings: &[Ranking]) -> Result<()> {
     Ok(())
 }
 
-fn prompt_of(value: &Value) -> std::result::Result<Conversation, String> {
+/// A prompt as rankings write it: a string (one user turn) or a list of messages that ends
+/// with the user.
+///
+/// # Errors
+/// Why it is not one.
+pub fn parse_prompt(value: &Value) -> std::result::Result<Conversation, String> {
     let prompt = match value {
         Value::String(text) => Conversation::new(vec![Message::user(text.clone())]),
         Value::Array(_) => Conversation::new(turns(value, "role", "content")?),
@@ -279,7 +284,7 @@ fn parse_record(map: Map<String, Value>) -> std::result::Result<Ranking, String>
         );
     }
     let (prompt, chosen, rejected) = match (&map.get("prompt"), &map["chosen"], &map["rejected"]) {
-        (Some(p), Value::String(c), Value::String(r)) => (prompt_of(p)?, c.clone(), r.clone()),
+        (Some(p), Value::String(c), Value::String(r)) => (parse_prompt(p)?, c.clone(), r.clone()),
         (Some(p), c @ Value::Array(_), r @ Value::Array(_)) => {
             let (prefix_c, chosen) = split_last_answer(&turns(c, "role", "content")?, "chosen")?;
             let (prefix_r, rejected) =
@@ -287,7 +292,7 @@ fn parse_record(map: Map<String, Value>) -> std::result::Result<Ranking, String>
             if prefix_c != prefix_r {
                 return Err("`chosen` and `rejected` differ before their last turn".into());
             }
-            let mut messages = prompt_of(p)?.messages;
+            let mut messages = parse_prompt(p)?.messages;
             messages.extend(prefix_c);
             let prompt = Conversation::new(messages);
             check_prompt(&prompt)?;
@@ -369,7 +374,7 @@ fn hh_turns(text: &str) -> std::result::Result<Vec<Message>, String> {
 }
 
 fn parse_k_way(map: &Map<String, Value>) -> std::result::Result<Ranking, String> {
-    let prompt = prompt_of(map.get("prompt").ok_or("missing `prompt`")?)?;
+    let prompt = parse_prompt(map.get("prompt").ok_or("missing `prompt`")?)?;
     let completions = match &map["completions"] {
         Value::Array(items) => items
             .iter()

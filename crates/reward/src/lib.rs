@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+mod collect;
 mod data;
 mod error;
 mod loss;
 mod model;
 mod train;
 
-pub use data::{read_rankings, write_rankings, Ranking, Rankings};
+pub use collect::{collect_rankings, CollectConfig, Collected};
+pub use data::{parse_prompt, read_rankings, write_rankings, Ranking, Rankings};
 pub use error::{Error, Result};
 pub use loss::ranking_loss;
 pub use model::{
@@ -14,6 +16,6 @@ pub use model::{
     RewardModel, ScoreBatch,
 };
 pub use train::{
-    answer_row, encode_rankings, evaluate, score_rows, spearman, EncodedRanking, Evaluation,
-    PairStats, RankingConfig, RankingObjective,
+    answer_row, encode_rankings, evaluate, score_rankings, score_rows, spearman, EncodedRanking,
+    Evaluation, PairStats, RankingConfig, RankingObjective,
 };

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ElementConversion;
 use ember_instruct::ChatTemplate;
 use ember_train::{EpochOrder, Loss, MicroBatch, Objective};
 use serde::{Deserialize, Serialize};
@@ -98,12 +98,10 @@ pub fn score_rows<B: Backend>(
     for chunk in rows.chunks(batch_size.max(1)) {
         let batch = ScoreBatch::<B>::new(chunk, pad, Padding::Right, heads, &device)?;
         let values = model.score(&batch).into_data();
-        scores.extend(values.iter::<f32>().map(|v| f64::from(v.elem::<f32>())));
+        scores.extend(values.iter::<f32>().map(f64::from));
     }
     Ok(scores)
 }
-
-use burn::module::Module;
 
 /// Pairwise accuracy and margin over some rankings.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -127,9 +125,13 @@ pub struct Evaluation {
     pub by_k: BTreeMap<usize, PairStats>,
     /// The mean ranking loss (each prompt weighing the same), without margin.
     pub loss: f64,
-    /// Spearman's rank correlation between the model's scores and the labeler's, over every
-    /// answer that has a labeler's score; `None` without any.
+    /// Spearman's rank correlation between the model's scores and the labeler's, pooled over
+    /// every answer that has a labeler's score; `None` without any. Pooling compares answers
+    /// to different prompts, which the ranking loss never does.
     pub spearman: Option<f64>,
+    /// The same correlation within each prompt's answers, averaged over the prompts whose
+    /// labeler's scores are not all equal; `None` without any.
+    pub spearman_within: Option<f64>,
 }
 
 impl Evaluation {
@@ -138,6 +140,7 @@ impl Evaluation {
         let mut sums: BTreeMap<usize, (usize, usize, usize, f64)> = BTreeMap::new();
         let (mut loss, mut counted) = (0.0, 0usize);
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let mut within = Vec::new();
         for (ranking, scores) in rankings.iter().zip(scores) {
             let entry = sums.entry(ranking.k()).or_default();
             entry.0 += 1;
@@ -156,6 +159,9 @@ impl Evaluation {
             if let Some(labels) = &ranking.scores {
                 ours.extend_from_slice(scores);
                 theirs.extend_from_slice(labels);
+                if labels.iter().any(|l| *l != labels[0]) {
+                    within.push(spearman(scores, labels));
+                }
             }
         }
         let stats = |(rankings, pairs, right, margin): (usize, usize, usize, f64)| PairStats {
@@ -172,6 +178,8 @@ impl Evaluation {
             by_k: sums.into_iter().map(|(k, s)| (k, stats(s))).collect(),
             loss: loss / counted.max(1) as f64,
             spearman: (ours.len() >= 2).then(|| spearman(&ours, &theirs)),
+            spearman_within: (!within.is_empty())
+                .then(|| within.iter().sum::<f64>() / within.len() as f64),
         }
     }
 }
@@ -215,16 +223,16 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     }
 }
 
-/// Scores every answer of `rankings` and evaluates them.
+/// The model's raw score of every answer of every ranking, ranking by ranking.
 ///
 /// # Errors
 /// An empty row.
-pub fn evaluate<B: Backend>(
+pub fn score_rankings<B: Backend>(
     model: &RewardModel<B>,
     rankings: &[EncodedRanking],
     pad: u32,
     batch_size: usize,
-) -> Result<Evaluation> {
+) -> Result<Vec<Vec<f64>>> {
     let rows = rankings
         .iter()
         .flat_map(|r| r.rows.iter().cloned())
@@ -236,6 +244,20 @@ pub fn evaluate<B: Backend>(
         scores.push(flat[at..at + ranking.k()].to_vec());
         at += ranking.k();
     }
+    Ok(scores)
+}
+
+/// Scores every answer of `rankings` and evaluates them.
+///
+/// # Errors
+/// An empty row.
+pub fn evaluate<B: Backend>(
+    model: &RewardModel<B>,
+    rankings: &[EncodedRanking],
+    pad: u32,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let scores = score_rankings(model, rankings, pad, batch_size)?;
     Ok(Evaluation::new(rankings, &scores))
 }
 

@@ -5,6 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod pretrain;
+pub mod reward;
 pub mod sampling;
 pub mod sft;
 pub mod tasks;

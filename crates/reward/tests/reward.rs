@@ -1,0 +1,317 @@
+//! The reward model: where the score is read, the ranking formats and their errors, training
+//! on rankings, and its files.
+
+use std::io::Write as _;
+use std::num::NonZeroUsize;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
+use ember_instruct::{ChatTemplate, Conversation, Message, OnError, Role};
+use ember_reward::{
+    encode_rankings, evaluate, load_reward_model, read_rankings, save_reward_model, score_rows,
+    Error, Normalization, Padding, Ranking, RankingConfig, RankingObjective, RewardModel,
+    ScoreBatch,
+};
+use ember_tokenizer::{BpeConfig, Special, Tokenizer};
+use ember_train::{fit, OptimizerConfig, RunDir, TrainConfig};
+use ember_transformer::{Architecture, GptConfig};
+
+type B = Autodiff<Flex>;
+type Inner = Flex;
+
+fn template() -> ChatTemplate {
+    let text =
+        "Name an animal. cat. dog. bird. Which pet do you like? The cat sleeps, the dog barks.";
+    let tokenizer = Tokenizer::train_from_texts(
+        &[text],
+        &BpeConfig {
+            vocab_size: 300,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    ChatTemplate::new(tokenizer).unwrap()
+}
+
+fn scores(model: &RewardModel<Inner>, batch: &ScoreBatch<Inner>) -> Vec<f32> {
+    model.score(batch).into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn the_score_is_read_at_the_last_real_token_whatever_the_padding() {
+    let device = Default::default();
+    for architecture in [Architecture::Llama, Architecture::Gpt2] {
+        Inner::seed(&device, 5);
+        let trunk = GptConfig::new(64, 32, 2, 4, 32)
+            .with_architecture(architecture)
+            .init::<Inner>(&device)
+            .unwrap();
+        let model = RewardModel::new(trunk, 0.5);
+        let rows = vec![
+            vec![3, 9, 12],
+            vec![5, 6, 7, 8, 9, 10, 11],
+            vec![20, 21, 22, 23, 24],
+        ];
+        let alone = rows
+            .iter()
+            .map(|r| {
+                let batch = ScoreBatch::new(&[r.clone()], 2, Padding::Right, 4, &device).unwrap();
+                scores(&model, &batch)[0]
+            })
+            .collect::<Vec<_>>();
+        for padding in [Padding::Right, Padding::Left] {
+            let batch = ScoreBatch::new(&rows, 2, padding, 4, &device).unwrap();
+            let batched = scores(&model, &batch);
+            for (a, b) in alone.iter().zip(&batched) {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{architecture:?} {padding:?}: {a} vs {b}"
+                );
+            }
+        }
+        // The test can fail: reading the right-padded short row at its last (padding) position
+        // gives another number.
+        let batch = ScoreBatch::new(&rows, 2, Padding::Right, 4, &device).unwrap();
+        let all = model.forward_all(batch.input.clone());
+        let at_end = all.into_data().to_vec::<f32>().unwrap()[6];
+        assert!((at_end - alone[0]).abs() > 1e-4);
+    }
+}
+
+fn write(lines: &[&str]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+    file
+}
+
+#[test]
+fn malformed_rankings_are_rejected_with_their_line() {
+    let good = r#"{"prompt": "q", "completions": ["a", "b", "c"], "ranking": [1, [0, 2]]}"#;
+    let cases = [
+        (
+            r#"{"prompt": "q", "completions": ["a", "b"], "ranking": [0, 0]}"#,
+            "twice",
+        ),
+        (
+            r#"{"prompt": "q", "completions": ["a", "b"], "ranking": [0, 2]}"#,
+            "out of range",
+        ),
+        (
+            r#"{"prompt": "q", "completions": ["a", "b", "c"], "ranking": [0, 2]}"#,
+            "answer 1 is not ranked",
+        ),
+        (
+            r#"{"prompt": "q", "completions": ["a", " "], "ranking": [0, 1]}"#,
+            "empty",
+        ),
+        (
+            r#"{"prompt": "q", "completions": ["a"], "ranking": [0]}"#,
+            "at least 2",
+        ),
+        (
+            r#"{"prompt": "q", "completions": ["a", "b"], "ranking": [0, -1]}"#,
+            "indices",
+        ),
+        (r#"{"prompt": "q", "chosen": "a"}"#, "kind"),
+        (
+            r#"{"prompt": "q", "completions": ["a", "b"]"#,
+            "invalid JSON",
+        ),
+        (
+            r#"{"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: bye\n\nAssistant: b"}"#,
+            "differ",
+        ),
+    ];
+    for (bad, reason) in cases {
+        let file = write(&[good, bad, good]);
+        match read_rankings(file.path(), OnError::Stop) {
+            Err(Error::BadRecord {
+                line,
+                reason: got,
+                path,
+            }) => {
+                assert_eq!(line, 2, "{bad}");
+                assert_eq!(path, file.path());
+                assert!(got.contains(reason), "{bad}: {got}");
+            }
+            other => panic!("{bad}: expected a bad record, got {other:?}"),
+        }
+        let skipped = read_rankings(file.path(), OnError::Skip).unwrap();
+        assert_eq!(skipped.rankings.len(), 2);
+        assert_eq!(skipped.skipped.len(), 1);
+    }
+    let missing = read_rankings(
+        std::path::Path::new("/no/such/rankings.jsonl"),
+        OnError::Stop,
+    );
+    assert!(matches!(missing, Err(Error::Instruct(_))), "{missing:?}");
+}
+
+#[test]
+fn every_ranking_format_becomes_a_ranking() {
+    let file = write(&[
+        r#"{"prompt": "Name an animal.", "completions": ["dog.", "cat.", "bird."], "ranking": [1, [0, 2]], "scores": [0.1, 1.0, 0.1], "family": "pets"}"#,
+        r#"{"prompt": "Name an animal.", "chosen": "cat.", "rejected": "dog."}"#,
+        r#"{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name an animal."}], "chosen": [{"role": "assistant", "content": "cat."}], "rejected": [{"role": "assistant", "content": "dog."}]}"#,
+        r#"{"chosen": [{"role": "user", "content": "Name an animal."}, {"role": "assistant", "content": "cat."}], "rejected": [{"role": "user", "content": "Name an animal."}, {"role": "assistant", "content": "dog."}]}"#,
+        r#"{"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nHuman: Name an animal.\n\nAssistant: cat.", "rejected": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nHuman: Name an animal.\n\nAssistant: dog."}"#,
+    ]);
+    let read = read_rankings(file.path(), OnError::Stop).unwrap().rankings;
+    assert_eq!(read.len(), 5);
+    let k_way = &read[0];
+    assert_eq!(k_way.tiers, vec![vec![1], vec![0, 2]]);
+    assert_eq!(k_way.pairs(), vec![(1, 0), (1, 2)]);
+    assert_eq!(k_way.scores, Some(vec![0.1, 1.0, 0.1]));
+    assert_eq!(k_way.family.as_deref(), Some("pets"));
+    for pair in &read[1..] {
+        assert_eq!(
+            pair.completions,
+            vec!["cat.".to_string(), "dog.".to_string()]
+        );
+        assert_eq!(pair.pairs(), vec![(0, 1)]);
+        let last = pair.prompt.messages.last().unwrap();
+        assert_eq!(
+            (last.role, last.content.as_str()),
+            (Role::User, "Name an animal.")
+        );
+    }
+    assert_eq!(read[2].prompt.messages[0], Message::system("Be brief."));
+    let roles = read[4]
+        .prompt
+        .messages
+        .iter()
+        .map(|m| m.role)
+        .collect::<Vec<_>>();
+    assert_eq!(roles, vec![Role::User, Role::Assistant, Role::User]);
+    // Written and read back, a ranking is unchanged.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("rankings.jsonl");
+    ember_reward::write_rankings(&path, &read).unwrap();
+    let again = read_rankings(&path, OnError::Stop).unwrap().rankings;
+    assert_eq!(again, read);
+}
+
+/// Rankings in which "cat." beats "bird." beats "dog.", over many prompts.
+fn pet_rankings(prompts: std::ops::Range<usize>) -> Vec<Ranking> {
+    prompts
+        .map(|i| {
+            let prompt =
+                Conversation::new(vec![Message::user(format!("Which pet do you like? {i}"))]);
+            // Vary the order in which the answers are listed.
+            let mut answers = vec!["dog.", "cat.", "bird."];
+            answers.rotate_left(i % 3);
+            let rank = |a: &str| match a {
+                "cat." => 2.0,
+                "bird." => 1.0,
+                _ => 0.0,
+            };
+            let scores = answers.iter().map(|a| rank(a)).collect();
+            Ranking::from_scores(
+                prompt,
+                answers.iter().map(|a| a.to_string()).collect(),
+                scores,
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn training_on_rankings_learns_the_labelers_order() {
+    let template = template();
+    let pad = template.tokenizer().special(Special::Pad).unwrap();
+    let device = Default::default();
+    let (train, _) = encode_rankings(&template, &pet_rankings(0..24), 64).unwrap();
+    let (val, _) = encode_rankings(&template, &pet_rankings(100..112), 64).unwrap();
+    B::seed(&device, 11);
+    let trunk = GptConfig::new(300, 32, 2, 4, 64)
+        .init::<B>(&device)
+        .unwrap();
+    let model = RewardModel::new(trunk, 0.05);
+    let config = RankingConfig {
+        prompts_per_batch: 4,
+        ..Default::default()
+    };
+    let mut objective =
+        RankingObjective::<B>::new(train, val.clone(), pad, config, &device).unwrap();
+    let before = evaluate(&model.valid(), &val, pad, 16).unwrap();
+    let train_config = TrainConfig {
+        steps: 40,
+        progress: false,
+        eval_every: NonZeroUsize::new(40),
+        checkpoint_every: None,
+        optimizer: OptimizerConfig {
+            lr: 3e-3,
+            warmup_steps: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (model, summary) = fit(
+        model,
+        &mut objective,
+        &train_config,
+        &RunDir::new(dir.path()),
+    )
+    .unwrap();
+    let after = evaluate(&model.valid(), &val, pad, 16).unwrap();
+    assert!(
+        after.loss < 0.5 * before.loss,
+        "loss {} → {}",
+        before.loss,
+        after.loss
+    );
+    assert_eq!(after.overall.accuracy, 1.0, "{after:?}");
+    assert_eq!(after.overall.pairs, 36);
+    assert_eq!(after.by_k[&3].rankings, 12);
+    assert!(after.spearman.unwrap() > 0.9 && after.spearman_within.unwrap() > 0.99);
+    let logged = summary
+        .validation
+        .iter()
+        .find(|(k, _)| k == "accuracy")
+        .unwrap();
+    assert_eq!(logged.1, 1.0);
+}
+
+#[test]
+fn a_saved_reward_model_scores_the_same_after_loading() {
+    let template = template();
+    let pad = template.tokenizer().special(Special::Pad).unwrap();
+    let device = Default::default();
+    let trunk = GptConfig::new(300, 32, 2, 4, 64)
+        .init::<Inner>(&device)
+        .unwrap();
+    let model = RewardModel::new(trunk, 0.5);
+    let (encoded, _) = encode_rankings(&template, &pet_rankings(0..2), 64).unwrap();
+    let rows = encoded
+        .iter()
+        .flat_map(|r| r.rows.clone())
+        .collect::<Vec<_>>();
+    let before = score_rows(&model, &rows, pad, 4).unwrap();
+    let normalization = Normalization::fit(&before, true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_reward_model(&model, normalization, dir.path()).unwrap();
+    let (loaded, stored) = load_reward_model::<Inner>(dir.path(), &device).unwrap();
+    assert_eq!(stored, normalization);
+    let after = score_rows(&loaded, &rows, pad, 4).unwrap();
+    assert_eq!(before, after);
+    // The normalisation gives the scores it was fitted on mean 0 and std 1.
+    let normalised = before
+        .iter()
+        .map(|&s| normalization.apply(s))
+        .collect::<Vec<_>>();
+    let mean = normalised.iter().sum::<f64>() / normalised.len() as f64;
+    let var = normalised.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / normalised.len() as f64;
+    assert!(mean.abs() < 1e-9 && (var - 1.0).abs() < 1e-9);
+    // A language model's folder is not a reward model.
+    let lm = tempfile::tempdir().unwrap();
+    ember_train::save_model(loaded.trunk(), lm.path()).unwrap();
+    assert!(matches!(
+        load_reward_model::<Inner>(lm.path(), &device),
+        Err(Error::Io { .. })
+    ));
+}
