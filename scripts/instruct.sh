@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job until `ember pipeline` exists: stages 1 and 2 on the built-in tasks, on the CPU.
+# The main job until `ember pipeline` exists: stages 1 to 3 on the built-in tasks, on the CPU.
 # Writes the tasks' data, pretrains a tiny model on their corpus, tunes it on their
-# conversations, and scores the pretrained and the tuned model on the held-out prompts.
+# conversations, scores the pretrained and the tuned model on the held-out prompts, and trains
+# and evaluates a reward model on rankings of the tuned model's answers.
 # Everything lands in runs/tasks/; an interrupted run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,14 @@ echo "== held-out judge scores of the pretrained model"
 ember eval --model "$RUN/base/model" --output "$RUN/eval-base.jsonl"
 echo "== held-out judge scores of the tuned model"
 ember eval --model "$RUN/sft/model" --output "$RUN/eval-sft.jsonl"
+# Stage 3: K = 6 answers per prompt from the tuned model, ranked by the tasks' judge, and a
+# reward model trained on them; evaluated on rankings of held-out prompts.
+[ -f "$RUN/rankings/train.jsonl" ] ||
+  ember reward collect --model "$RUN/sft/model" -o "$RUN/rankings/train.jsonl" --per-family 200 --k 6
+[ -f "$RUN/rankings/heldout.jsonl" ] ||
+  ember reward collect --model "$RUN/sft/model" -o "$RUN/rankings/heldout.jsonl" --split heldout \
+    --per-family 40 --k 6
+[ -f "$RUN/reward/model/reward.json" ] ||
+  ember reward train --model "$RUN/sft/model" --data "$RUN/rankings/train.jsonl" --run "$RUN/reward"
+echo "== the reward model on held-out rankings"
+ember reward eval --model "$RUN/reward/model" --data "$RUN/rankings/heldout.jsonl"

@@ -368,10 +368,7 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RankingObjective<B> {
             .map_err(to_train)?;
         let rewards = model.score(&scores);
         let value = ranking_loss(rewards, &groups, self.config.margin).map_err(to_train)?;
-        Ok(Loss {
-            value,
-            tokens: groups.iter().map(Vec::len).sum(),
-        })
+        Ok(Loss::new(value, groups.iter().map(Vec::len).sum()))
     }
 
     fn validate(

@@ -185,10 +185,7 @@ impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Sft<B> {
         let rows = self.micro_batch(batch.index);
         let rows = rows.iter().collect::<Vec<_>>();
         let batch = RowBatch::<B>::new(&rows, model.config().n_heads, &self.device)?;
-        Ok(Loss {
-            value: batch.loss(model)?,
-            tokens: batch.targets.n_targets,
-        })
+        Ok(Loss::new(batch.loss(model)?, batch.targets.n_targets))
     }
 
     fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {

@@ -25,6 +25,20 @@ pub struct Loss<B: AutodiffBackend> {
     pub value: Tensor<B, 1>,
     /// Tokens (or examples) it counted, for throughput.
     pub tokens: usize,
+    /// The objective's own metrics of this micro-batch (name, value); the loop logs their mean
+    /// over the step's micro-batches on the step's `train` line.
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl<B: AutodiffBackend> Loss<B> {
+    /// A loss with no metrics of its own.
+    pub fn new(value: Tensor<B, 1>, tokens: usize) -> Self {
+        Self {
+            value,
+            tokens,
+            metrics: Vec::new(),
+        }
+    }
 }
 
 /// Which micro-batch the loop asks for.
@@ -52,6 +66,22 @@ pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// # Errors
     /// Bad data.
     fn validate(&mut self, model: &M::InnerModule) -> Result<Vec<(String, f64)>>;
+
+    /// State the objective carries from step to step besides its config and data (an adaptive
+    /// coefficient, for example), saved with each checkpoint so that a resumed run goes on
+    /// exactly. `None` (the default): nothing to save.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restores what [`Objective::state`] saved.
+    ///
+    /// # Errors
+    /// A state this objective cannot take.
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// Where a run keeps its checkpoints and metrics.
@@ -153,6 +183,15 @@ where
             &checkpoint.join("optim-no-decay"),
             &device,
         )?);
+        let saved = checkpoint.join("objective.json");
+        if saved.exists() {
+            let text = std::fs::read_to_string(&saved).map_err(|e| Error::io(&saved, e))?;
+            let value = serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: saved.clone(),
+                source,
+            })?;
+            objective.restore(value)?;
+        }
         resumed_from = Some(state.step);
     }
     // After loading: a checkpoint brings its own parameter ids.
@@ -188,10 +227,20 @@ where
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut loss_sum = 0.0;
         let mut step_tokens = 0usize;
+        let mut extra: Vec<(String, f64, usize)> = Vec::new();
         for micro in 0..config.grad_accumulation {
             let index = step * config.grad_accumulation + micro;
             let loss = objective.loss(&model, MicroBatch { step, micro, index })?;
             step_tokens += loss.tokens;
+            for (name, value) in loss.metrics {
+                match extra.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) => {
+                        entry.1 += value;
+                        entry.2 += 1;
+                    }
+                    None => extra.push((name, value, 1)),
+                }
+            }
             let scaled = loss.value.div_scalar(config.grad_accumulation as f64);
             loss_sum += f64::from(scaled.clone().into_scalar().elem::<f32>());
             let grads = GradientsParams::from_grads(scaled.backward(), &model);
@@ -220,17 +269,19 @@ where
         tokens_this_call += step_tokens as u64;
         train_losses.push(loss_sum);
         let tokens_per_second = tokens_this_call as f64 / training_seconds.max(1e-9);
-        metrics.append(
-            state.step,
-            "train",
-            &[
-                ("loss".into(), loss_sum),
-                ("lr".into(), lr),
-                ("grad_norm".into(), grad_norm),
-                ("tokens".into(), state.tokens_seen as f64),
-                ("tokens_per_second".into(), tokens_per_second),
-            ],
-        )?;
+        let mut line = vec![
+            ("loss".into(), loss_sum),
+            ("lr".into(), lr),
+            ("grad_norm".into(), grad_norm),
+            ("tokens".into(), state.tokens_seen as f64),
+            ("tokens_per_second".into(), tokens_per_second),
+        ];
+        line.extend(
+            extra
+                .into_iter()
+                .map(|(name, sum, n)| (name, sum / n as f64)),
+        );
+        metrics.append(state.step, "train", &line)?;
         progress.set_position(state.step as u64);
         progress.set_message(format!(
             "loss {loss_sum:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
@@ -262,7 +313,15 @@ where
                 .checkpoint_every
                 .is_some_and(|n| state.step.is_multiple_of(n.get()))
         {
+            let objective_state = objective.state();
             write_checkpoint(&run.checkpoints(), &state, config.keep_checkpoints, |dir| {
+                if let Some(value) = &objective_state {
+                    let json = serde_json::to_string_pretty(value).expect("JSON values serialise");
+                    ember_tokenizer::write_atomically(
+                        &dir.join("objective.json"),
+                        json.as_bytes(),
+                    )?;
+                }
                 save_record::<B, _>(model.clone().into_record(), &dir.join("model"))?;
                 save_record::<B, _>(decayed.to_record(), &dir.join("optim-decay"))?;
                 save_record::<B, _>(undecayed.to_record(), &dir.join("optim-no-decay"))

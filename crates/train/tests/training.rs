@@ -45,10 +45,7 @@ struct OneBatch {
 impl Objective<B, Gpt<B>> for OneBatch {
     fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
-        Ok(Loss {
-            value: model.loss(&batch)?,
-            tokens: batch.n_targets,
-        })
+        Ok(Loss::new(model.loss(&batch)?, batch.n_targets))
     }
 
     fn validate(&mut self, model: &Gpt<Inner>) -> ember_train::Result<Vec<(String, f64)>> {

@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+mod advantage;
+mod error;
+mod loss;
+mod objective;
+
+pub use advantage::{
+    explained_variance, gae, shaped_score, token_rewards, whiten, KlControl, KlEstimator,
+};
+pub use error::{Error, Result};
+pub use loss::{entropy, masked_mean, policy_loss, token_logprobs, value_loss, PolicyLoss};
+pub use objective::{
+    answer_mask, rollout, rollout_metrics, spread, ActorCritic, Frozen, Judge, Ppo, PpoConfig,
+    Prompt, Sample,
+};
