@@ -220,14 +220,14 @@ fn layout<B: Backend>(samples: &[&Sample], pad: u32, device: &B::Device) -> Layo
     }
 }
 
-/// Spreads each sample's per-answer-token values over the `[batch, seq − 1]` target layout
+/// Spreads each sample's per-answer-token `values` (one slice per sample) over the `[batch, seq − 1]` target layout
 /// (answer token j of a sample sits at entry `prompt_len − 1 + j`), zero elsewhere.
-pub fn spread(samples: &[&Sample], seq: usize, values: impl Fn(&Sample) -> &[f64]) -> Vec<f32> {
+pub fn spread(samples: &[&Sample], seq: usize, values: &[&[f64]]) -> Vec<f32> {
     let width = seq - 1;
     let mut out = vec![0.0f32; samples.len() * width];
-    for (row, s) in samples.iter().enumerate() {
+    for (row, (s, values)) in samples.iter().zip(values).enumerate() {
         let start = row * width + s.prompt_len - 1;
-        for (j, v) in values(s).iter().enumerate() {
+        for (j, v) in values.iter().enumerate() {
             out[start + j] = *v as f32;
         }
     }
@@ -687,10 +687,13 @@ impl<B: AutodiffBackend> Objective<B, ActorCritic<B>> for Ppo<B> {
             Tensor::<B, 2>::from_data(TensorData::new(values, [picked.len(), width]), &self.device)
         };
         let mask = host(answer_mask(&picked, seq));
-        let old_logp = host(spread(&picked, seq, |s| &s.old_logp));
-        let old_values = host(spread(&picked, seq, |s| &s.values));
-        let advantages = host(spread(&picked, seq, |s| &s.advantages));
-        let returns = host(spread(&picked, seq, |s| &s.returns));
+        let field = |get: fn(&Sample) -> &Vec<f64>| {
+            picked.iter().map(|s| get(s).as_slice()).collect::<Vec<_>>()
+        };
+        let old_logp = host(spread(&picked, seq, &field(|s| &s.old_logp)));
+        let old_values = host(spread(&picked, seq, &field(|s| &s.values)));
+        let advantages = host(spread(&picked, seq, &field(|s| &s.advantages)));
+        let returns = host(spread(&picked, seq, &field(|s| &s.returns)));
 
         let (logp, _) = token_logprobs(&model.policy, tokens.clone(), self.config.temperature);
         let values = model
