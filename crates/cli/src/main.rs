@@ -3,13 +3,14 @@
 mod commands;
 mod config;
 mod device;
+mod plot;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// Train a ChatGPT-style assistant end to end on burn: tokenizer, pretraining, instruction
-/// tuning, reward model, chat.
+/// tuning, reward model, RLHF with PPO, chat.
 #[derive(Debug, Parser)]
 #[command(name = "ember", version, propagate_version = true)]
 struct Cli {
@@ -31,6 +32,8 @@ enum Command {
     /// Reward model: collect ranked answers, train, evaluate, score (stage 3).
     #[command(subcommand)]
     Reward(commands::reward::Command),
+    /// RLHF: improve the SFT policy with PPO against a reward model (stage 4).
+    Ppo(commands::ppo::Args),
     /// Score a model on the built-in tasks' held-out prompts, per task family.
     Eval(commands::eval::Args),
     /// Continue prompts with a trained model (KV cache; greedy, temperature, top-k or top-p).
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Sft(args) => commands::sft::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Reward(command) => commands::reward::run(command),
+        Command::Ppo(args) => commands::ppo::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Tasks(TasksCommand::Export(args)) => commands::tasks::export(args),
         Command::Generate(args) => commands::generate::run(args),

@@ -550,6 +550,11 @@ impl<B: AutodiffBackend> Ppo<B> {
         })
     }
 
+    /// The prompts of the greedy evaluation.
+    pub fn eval_prompts(&self) -> &[Prompt] {
+        &self.eval_prompts
+    }
+
     /// The current KL coefficient β.
     pub fn beta(&self) -> f64 {
         self.beta

@@ -134,6 +134,18 @@ impl<B: Backend> RewardModel<B> {
         ember_transformer::materialize(Self { trunk, head })
     }
 
+    /// The same model with `normalization` folded into its head, so that it outputs the
+    /// normalised score (as a critic initialised from the reward model should).
+    pub fn with_normalization(mut self, normalization: Normalization) -> Self {
+        let (gain, bias) = (normalization.gain, normalization.bias);
+        self.head.weight = self.head.weight.map(|w| w.mul_scalar(gain));
+        self.head.bias = self
+            .head
+            .bias
+            .map(|b| b.map(|b| b.mul_scalar(gain).add_scalar(bias)));
+        self
+    }
+
     /// The trunk.
     pub fn trunk(&self) -> &Gpt<B> {
         &self.trunk

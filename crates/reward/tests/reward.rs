@@ -307,6 +307,17 @@ fn a_saved_reward_model_scores_the_same_after_loading() {
     let mean = normalised.iter().sum::<f64>() / normalised.len() as f64;
     let var = normalised.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / normalised.len() as f64;
     assert!(mean.abs() < 1e-9 && (var - 1.0).abs() < 1e-9);
+    // Folded into the head, the normalisation gives the same numbers from the model itself.
+    let folded = score_rows(
+        &loaded.clone().with_normalization(normalization),
+        &rows,
+        pad,
+        4,
+    )
+    .unwrap();
+    for (f, n) in folded.iter().zip(&normalised) {
+        assert!((f - n).abs() < 1e-4, "{f} vs {n}");
+    }
     // A language model's folder is not a reward model.
     let lm = tempfile::tempdir().unwrap();
     ember_train::save_model(loaded.trunk(), lm.path()).unwrap();

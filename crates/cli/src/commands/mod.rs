@@ -4,6 +4,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod ppo;
 pub mod pretrain;
 pub mod reward;
 pub mod sampling;
