@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every stage in order on the built-in tasks — data, pretraining, SFT, rankings, reward
+    /// model, PPO, evaluation — into one run folder, with a report. Resumes where it stopped.
+    Pipeline(commands::pipeline::Args),
     /// Train a byte-level BPE tokenizer.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenizer(TokenizerCommand::Train(args)) => commands::tokenizer::train(args),
+        Command::Pipeline(args) => commands::pipeline::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Chat(args) => commands::chat::run(args),

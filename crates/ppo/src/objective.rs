@@ -33,8 +33,16 @@ pub struct ActorCritic<B: Backend> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PpoConfig {
-    /// Prompts per rollout batch (one answer each).
+    /// Answers per rollout batch: `rollout_prompts / samples_per_prompt` prompts, each
+    /// answered `samples_per_prompt` times.
     pub rollout_prompts: usize,
+    /// Answers sampled per prompt in a rollout batch.
+    pub samples_per_prompt: usize,
+    /// Subtract from each answer's score the mean score of the other answers to the same
+    /// prompt (a leave-one-out baseline, as in RLOO) before the rewards go to GAE: the
+    /// critic then only has to learn what is left, and the policy gradient is not swamped by
+    /// how easy each prompt is. Needs `samples_per_prompt` ≥ 2.
+    pub prompt_baseline: bool,
     /// Passes over each rollout batch.
     pub epochs: usize,
     /// Minibatches per pass (each one optimizer step).
@@ -74,6 +82,8 @@ impl Default for PpoConfig {
     fn default() -> Self {
         Self {
             rollout_prompts: 64,
+            samples_per_prompt: 4,
+            prompt_baseline: true,
             epochs: 2,
             minibatches: 4,
             max_new_tokens: 32,
@@ -107,6 +117,15 @@ impl PpoConfig {
     pub fn validate(&self) -> Result<()> {
         let problem = if self.rollout_prompts == 0 || self.epochs == 0 || self.minibatches == 0 {
             Some("rollout_prompts, epochs and minibatches must be at least 1".to_string())
+        } else if self.samples_per_prompt == 0
+            || !self.rollout_prompts.is_multiple_of(self.samples_per_prompt)
+        {
+            Some(format!(
+                "rollout_prompts ({}) must be a multiple of samples_per_prompt ({})",
+                self.rollout_prompts, self.samples_per_prompt
+            ))
+        } else if self.prompt_baseline && self.samples_per_prompt < 2 {
+            Some("prompt_baseline needs samples_per_prompt ≥ 2".into())
         } else if self.minibatches > self.rollout_prompts {
             Some(format!(
                 "{} minibatches cannot split {} prompts",
@@ -374,6 +393,18 @@ pub fn rollout<B: Backend>(
             config.truncation_penalty,
             config.score_clip,
         );
+    }
+    let baselines = if config.prompt_baseline {
+        leave_one_out(
+            &samples
+                .iter()
+                .map(|s| (s.prompt, s.shaped))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        vec![0.0; samples.len()]
+    };
+    for (i, sample) in samples.iter_mut().enumerate() {
         sample.kl = logp[i]
             .iter()
             .zip(&ref_logp[i])
@@ -383,7 +414,11 @@ pub fn rollout<B: Backend>(
         sample.ref_logp = ref_logp[i].clone();
         sample.entropy = entropy[i].clone();
         sample.values = values[i].clone();
-        rewards.push(token_rewards(&sample.kl, sample.shaped, beta));
+        rewards.push(token_rewards(
+            &sample.kl,
+            sample.shaped - baselines[i],
+            beta,
+        ));
     }
     if config.whiten_rewards {
         let flat = whiten(&rewards.concat(), false);
@@ -413,6 +448,28 @@ pub fn rollout<B: Backend>(
         at += n;
     }
     Ok(samples)
+}
+
+/// For each `(prompt, score)`, the mean score of the other answers to the same prompt (0 for
+/// an answer with no sibling).
+pub fn leave_one_out(scores: &[(usize, f64)]) -> Vec<f64> {
+    let mut totals: std::collections::HashMap<usize, (f64, usize)> = Default::default();
+    for &(prompt, score) in scores {
+        let entry = totals.entry(prompt).or_default();
+        entry.0 += score;
+        entry.1 += 1;
+    }
+    scores
+        .iter()
+        .map(|&(prompt, score)| {
+            let (sum, n) = totals[&prompt];
+            if n > 1 {
+                (sum - score) / (n - 1) as f64
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -582,11 +639,12 @@ impl<B: AutodiffBackend> Ppo<B> {
         let started = Instant::now();
         let train_seconds = self.ready_at.map(|t| (started - t).as_secs_f64());
         let inner = model.valid();
+        let k = self.config.samples_per_prompt;
         let picked = self
             .order
-            .batch(iteration, self.config.rollout_prompts)
+            .batch(iteration, self.config.rollout_prompts / k)
             .into_iter()
-            .map(|i| (i, &self.prompts[i]))
+            .flat_map(|i| std::iter::repeat_n((i, &self.prompts[i]), k))
             .collect::<Vec<_>>();
         let seed = self
             .config
@@ -630,6 +688,7 @@ impl<B: AutodiffBackend> Ppo<B> {
             return Ok((Vec::new(), Vec::new()));
         }
         let greedy = PpoConfig {
+            prompt_baseline: false,
             // Near-greedy sampling: a temperature this low picks the top token, while the
             // log-probabilities stay those of the policy at temperature 1 below.
             temperature: 1e-4,
@@ -762,5 +821,16 @@ impl<B: AutodiffBackend> Objective<B, ActorCritic<B>> for Ppo<B> {
             .map_err(|e| ember_train::Error::Config(format!("PPO state: {e}")))?;
         self.beta = saved.beta;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leave_one_out_baseline_is_the_mean_of_the_siblings() {
+        let baselines = leave_one_out(&[(0, 1.0), (1, 5.0), (0, 2.0), (0, 6.0), (2, 3.0)]);
+        assert_eq!(baselines, vec![4.0, 0.0, 3.5, 1.5, 0.0]);
     }
 }
