@@ -465,3 +465,112 @@ fn data_show_marks_what_is_learned_and_counts_bad_records() {
         text(&strict)
     );
 }
+
+const PIPELINE: &str = r#"
+[tasks]
+corpus_sentences = 3000
+train_per_family = 24
+[pretrain.model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+[pretrain.tokenizer]
+vocab_size = 400
+[pretrain.batch]
+batch_size = 4
+seq_len = 32
+[pretrain.train]
+steps = 4
+eval_every = 2
+checkpoint_every = 2
+progress = false
+[sft]
+val_fraction = 0.1
+[sft.batch]
+batch_size = 4
+row_len = 48
+[sft.train]
+steps = 4
+eval_every = 2
+checkpoint_every = 2
+progress = false
+[collect]
+per_family = 6
+heldout_per_family = 4
+k = 3
+[reward.batch]
+prompts_per_batch = 2
+[reward.train]
+steps = 3
+eval_every = 3
+checkpoint_every = 3
+progress = false
+[ppo]
+iterations = 2
+prompts_per_family = 4
+eval_per_family = 1
+eval_every = 1
+checkpoint_every = 1
+[ppo.ppo]
+rollout_prompts = 8
+samples_per_prompt = 2
+minibatches = 2
+max_new_tokens = 6
+[eval]
+per_family = 2
+max_new_tokens = 8
+"#;
+
+#[test]
+fn the_pipeline_runs_every_stage_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), PIPELINE).unwrap();
+    let args = ["pipeline", "--run", "runs/p", "--config", "pipeline.toml"];
+    let out = ember(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let run = dir.path().join("runs/p");
+    for file in [
+        "data/corpus.txt",
+        "base/model/model.mpk",
+        "sft/model/model.mpk",
+        "rankings/train.jsonl",
+        "rankings/heldout.jsonl",
+        "reward/model/reward.json",
+        "ppo/model/model.mpk",
+        "eval/ppo.jsonl",
+        "eval/summary.json",
+    ] {
+        assert!(run.join(file).exists(), "{file} missing: {}", text(&out));
+    }
+    for plot in ["loss", "reward", "kl"] {
+        let bytes = std::fs::read(run.join(format!("plots/{plot}.png"))).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is a PNG");
+    }
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for needle in ["| **all** |", "win rate", "pairwise accuracy", "final KL", "| ppo |", "| **total** |"] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+    // Eight families, one row each, in the judge table.
+    assert_eq!(report.matches("| translate |").count(), 1, "{report}");
+    let timings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("timings.json")).unwrap()).unwrap();
+    let first_ppo = timings["ppo"].as_f64().unwrap();
+
+    // Again: every stage is done, nothing is redone, the report is written anew.
+    let again = ember(&args, dir.path());
+    assert!(again.status.success(), "{}", text(&again));
+    let log = text(&again);
+    for stage in ["data", "pretrain", "sft", "collect", "reward", "ppo", "eval"] {
+        assert!(log.contains(&format!("{stage}: done already")), "{stage}: {log}");
+    }
+    let timings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("timings.json")).unwrap()).unwrap();
+    assert_eq!(timings["ppo"].as_f64().unwrap(), first_ppo);
+
+    // A configuration with a key no stage knows is refused before anything runs.
+    std::fs::write(dir.path().join("bad.toml"), "[ppo]\nitertions = 3\n").unwrap();
+    let bad = ember(&["pipeline", "--run", "runs/q", "--config", "bad.toml"], dir.path());
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("itertions"), "{}", text(&bad));
+    assert!(!dir.path().join("runs/q/data").exists());
+}
