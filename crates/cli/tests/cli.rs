@@ -547,7 +547,14 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is a PNG");
     }
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
-    for needle in ["| **all** |", "win rate", "pairwise accuracy", "final KL", "| ppo |", "| **total** |"] {
+    for needle in [
+        "| **all** |",
+        "win rate",
+        "pairwise accuracy",
+        "final KL",
+        "| ppo |",
+        "| **total** |",
+    ] {
         assert!(report.contains(needle), "{needle}: {report}");
     }
     // Eight families, one row each, in the judge table.
@@ -560,8 +567,13 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
     let again = ember(&args, dir.path());
     assert!(again.status.success(), "{}", text(&again));
     let log = text(&again);
-    for stage in ["data", "pretrain", "sft", "collect", "reward", "ppo", "eval"] {
-        assert!(log.contains(&format!("{stage}: done already")), "{stage}: {log}");
+    for stage in [
+        "data", "pretrain", "sft", "collect", "reward", "ppo", "eval",
+    ] {
+        assert!(
+            log.contains(&format!("{stage}: done already")),
+            "{stage}: {log}"
+        );
     }
     let timings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("timings.json")).unwrap()).unwrap();
@@ -569,7 +581,10 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
 
     // A configuration with a key no stage knows is refused before anything runs.
     std::fs::write(dir.path().join("bad.toml"), "[ppo]\nitertions = 3\n").unwrap();
-    let bad = ember(&["pipeline", "--run", "runs/q", "--config", "bad.toml"], dir.path());
+    let bad = ember(
+        &["pipeline", "--run", "runs/q", "--config", "bad.toml"],
+        dir.path(),
+    );
     assert!(!bad.status.success());
     assert!(text(&bad).contains("itertions"), "{}", text(&bad));
     assert!(!dir.path().join("runs/q/data").exists());

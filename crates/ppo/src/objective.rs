@@ -74,6 +74,9 @@ pub struct PpoConfig {
     pub whiten_rewards: bool,
     /// Weight of the pretraining loss mixed in (InstructGPT's PPO-ptx); 0 for none.
     pub ptx_coef: f64,
+    /// Optimise the judge's score instead of the reward model's: PPO with a perfect reward
+    /// model, an upper bound to compare a run with (needs a judge).
+    pub judge_as_reward: bool,
     /// Seed of the prompt order and the sampling.
     pub seed: u64,
 }
@@ -99,6 +102,7 @@ impl Default for PpoConfig {
             score_clip: Some(5.0),
             whiten_rewards: false,
             ptx_coef: 0.0,
+            judge_as_reward: false,
             seed: 0,
         }
     }
@@ -284,7 +288,8 @@ fn gather_answers<B: Backend>(per_position: Tensor<B, 2>, samples: &[&Sample]) -
 
 /// Samples answers to `prompts` from `policy` and scores them: log-probabilities under the
 /// policy and the reference, values, KL, the reward model's score, advantages and returns.
-/// `beta` is the KL coefficient.
+/// `beta` is the KL coefficient; `label` sees each sample once its text and reward-model score
+/// are known, before the rewards are formed (to add the judge's score, or to replace the score).
 ///
 /// # Errors
 /// From generation or the reward model.
@@ -298,6 +303,7 @@ pub fn rollout<B: Backend>(
     beta: f64,
     seed: u64,
     decode: &dyn Fn(&[u32]) -> Result<String>,
+    label: &dyn Fn(&mut Sample),
 ) -> Result<Vec<Sample>> {
     let device = policy
         .devices()
@@ -387,6 +393,7 @@ pub fn rollout<B: Backend>(
     let mut rewards = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter_mut().enumerate() {
         sample.score = frozen.normalization.apply(f64::from(raw[i]));
+        label(sample);
         sample.shaped = shaped_score(
             sample.score,
             sample.finished,
@@ -586,6 +593,11 @@ impl<B: AutodiffBackend> Ppo<B> {
         if prompts.is_empty() {
             return Err(Error::Config("PPO needs at least one prompt".into()));
         }
+        if config.judge_as_reward && judge.is_none() {
+            return Err(Error::Config(
+                "judge_as_reward needs a judge (the built-in tasks' prompts)".into(),
+            ));
+        }
         if config.ptx_coef > 0.0 && ptx.is_none() {
             return Err(Error::Config(
                 "ptx_coef is above 0 but no pretraining data was given".into(),
@@ -622,14 +634,6 @@ impl<B: AutodiffBackend> Ppo<B> {
         self.current.as_ref().map(|(_, s)| s.as_slice())
     }
 
-    fn judge_samples(&self, prompts: &[Prompt], samples: &mut [Sample]) {
-        if let Some(judge) = &self.judge {
-            for sample in samples {
-                sample.judge = judge(&prompts[sample.prompt], &sample.answer);
-            }
-        }
-    }
-
     /// Samples and scores rollout batch `iteration` with the current policy, and updates β.
     fn new_rollout(
         &mut self,
@@ -650,7 +654,16 @@ impl<B: AutodiffBackend> Ppo<B> {
             .config
             .seed
             .wrapping_add((iteration * self.config.rollout_prompts) as u64);
-        let mut samples = rollout(
+        let oracle = self.config.judge_as_reward;
+        let label = |sample: &mut Sample| {
+            if let Some(judge) = &self.judge {
+                sample.judge = judge(&self.prompts[sample.prompt], &sample.answer);
+                if oracle {
+                    sample.score = sample.judge.unwrap_or(0.0);
+                }
+            }
+        };
+        let samples = rollout(
             &inner.policy,
             &inner.critic,
             &self.frozen,
@@ -659,8 +672,8 @@ impl<B: AutodiffBackend> Ppo<B> {
             self.beta,
             seed,
             self.decode.as_ref(),
+            &label,
         )?;
-        self.judge_samples(&self.prompts, &mut samples);
         let mut metrics = rollout_metrics(&samples);
         let kl = metrics.iter().find(|(k, _)| k == "kl").map_or(0.0, |m| m.1);
         metrics.push(("kl_coef".into(), self.beta));
@@ -695,7 +708,12 @@ impl<B: AutodiffBackend> Ppo<B> {
             ..self.config.clone()
         };
         let picked = self.eval_prompts.iter().enumerate().collect::<Vec<_>>();
-        let mut samples = rollout(
+        let label = |sample: &mut Sample| {
+            if let Some(judge) = &self.judge {
+                sample.judge = judge(&self.eval_prompts[sample.prompt], &sample.answer);
+            }
+        };
+        let samples = rollout(
             policy,
             critic,
             &self.frozen,
@@ -704,8 +722,8 @@ impl<B: AutodiffBackend> Ppo<B> {
             0.0,
             0,
             self.decode.as_ref(),
+            &label,
         )?;
-        self.judge_samples(&self.eval_prompts, &mut samples);
         let mut metrics = vec![
             ("score".to_string(), mean(samples.iter().map(|s| s.score))),
             (

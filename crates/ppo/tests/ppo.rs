@@ -63,7 +63,18 @@ fn kl_is_zero_when_the_policy_is_the_reference_and_the_score_lands_on_the_last_t
         max_new_tokens: 6,
         ..Default::default()
     };
-    let samples = rollout(&policy, &critic, &frozen, &picked, &config, 0.1, 7, &decode).unwrap();
+    let samples = rollout(
+        &policy,
+        &critic,
+        &frozen,
+        &picked,
+        &config,
+        0.1,
+        7,
+        &decode,
+        &|_| {},
+    )
+    .unwrap();
     for s in &samples {
         assert!(s.kl.iter().all(|&k| k == 0.0), "{:?}", s.kl);
         assert_eq!(s.old_logp, s.ref_logp);
