@@ -164,7 +164,7 @@ fn a_few_ppo_steps_raise_the_reward() {
     };
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
-    fit(ActorCritic { policy, critic }, &mut ppo, &train, &run).unwrap();
+    fit(ActorCritic::new(policy, critic), &mut ppo, &train, &run).unwrap();
     // The score of each rollout batch, from the metrics the loop logged.
     let text =
         std::fs::read_to_string(MetricsLog::open(&run.metrics(), steps).unwrap().path()).unwrap();
@@ -178,4 +178,23 @@ fn a_few_ppo_steps_raise_the_reward() {
     let first = scores[0];
     let last = scores[iterations - 3..].iter().sum::<f64>() / 3.0;
     assert!(last > first + 0.5, "scores by rollout batch: {scores:?}");
+}
+
+#[test]
+fn a_policy_and_a_critic_from_the_same_weights_do_not_share_parameters() {
+    use burn::module::{list_param_ids, Module};
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    ember_train::save_model(&model::<B>(21), dir.path()).unwrap();
+    let policy = ember_train::load_model::<B>(dir.path(), &device).unwrap();
+    let trunk = ember_train::load_model::<B>(dir.path(), &device).unwrap();
+    // Loaded twice from one file, the two copies carry the same parameter ids …
+    let ids = |m: &Gpt<B>| list_param_ids(m);
+    assert_eq!(ids(&policy), ids(&trunk));
+    // … and the pair gets them apart, so the optimiser keeps their gradients apart.
+    let pair = ActorCritic::new(policy, RewardModel::new(trunk, 0.0));
+    let all = list_param_ids(&pair);
+    let unique = all.iter().collect::<std::collections::HashSet<_>>();
+    assert_eq!(unique.len(), all.len());
+    assert_eq!(pair.num_params(), 2 * pair.policy.num_params() + 33);
 }

@@ -1,6 +1,6 @@
 //! GPT-2's initialisation, shared by the layers.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -32,4 +32,22 @@ pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
     struct Materialize;
     impl<B: Backend> ModuleMapper<B> for Materialize {}
     module.map(&mut Materialize)
+}
+
+/// The same module with new parameter ids. burn keys gradients and optimizer state by
+/// parameter id, and a module loaded from a file takes the ids saved in it: two modules loaded
+/// from the same weights (a policy and a critic, both from the SFT model) would share ids, and
+/// one optimizer would mix their gradients. Give one of them fresh ids.
+pub fn fresh_ids<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Fresh;
+    impl<B: Backend> ModuleMapper<B> for Fresh {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<burn::tensor::Tensor<B, D>>,
+        ) -> Param<burn::tensor::Tensor<B, D>> {
+            let (_, tensor, mapper) = param.consume();
+            Param::from_mapped_value(ParamId::new(), tensor, mapper)
+        }
+    }
+    module.map(&mut Fresh)
 }

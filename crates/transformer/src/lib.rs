@@ -20,7 +20,7 @@ pub use cache::KvCache;
 pub use config::{Architecture, GptConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
-pub use init::{linear, materialize};
+pub use init::{fresh_ids, linear, materialize};
 pub use loss::{masked_cross_entropy, TokenBatch};
 pub use mlp::{GeluMlp, Mlp, SwiGlu};
 pub use model::{DecoderInput, Gpt};

@@ -267,7 +267,7 @@ fn train<B: AutodiffBackend>(
         ptx,
         device,
     )?;
-    let inner_start = ActorCritic { policy, critic };
+    let inner_start = ActorCritic::new(policy, critic);
     let before = objective
         .evaluate(&inner_start.policy.valid(), &inner_start.critic.valid())?
         .0;
