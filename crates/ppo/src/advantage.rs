@@ -136,7 +136,7 @@ pub enum KlControl {
 
 impl Default for KlControl {
     fn default() -> Self {
-        Self::Fixed { beta: 0.05 }
+        Self::Fixed { beta: 0.1 }
     }
 }
 

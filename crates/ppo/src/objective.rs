@@ -111,7 +111,7 @@ impl Default for PpoConfig {
             value_coef: 0.1,
             kl_estimator: KlEstimator::K1,
             kl_control: KlControl::default(),
-            truncation_penalty: Some(-1.0),
+            truncation_penalty: Some(-3.0),
             score_clip: Some(5.0),
             whiten_rewards: false,
             ptx_coef: 0.0,

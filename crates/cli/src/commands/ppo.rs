@@ -56,15 +56,21 @@ pub struct PpoFile {
 impl Default for PpoFile {
     fn default() -> Self {
         Self {
-            iterations: 30,
+            iterations: 15,
             prompts_per_family: 200,
             eval_per_family: 8,
             eval_every: 5,
-            checkpoint_every: 10,
-            critic: CriticInit::Reward,
-            ppo: PpoConfig::default(),
+            checkpoint_every: 5,
+            // With the leave-one-out baseline, a critic that starts at zero (and λ = 1) adds
+            // the least noise to the advantages; the reward model's head, read at every
+            // token, is a poor value function at first (explained variance below 0).
+            critic: CriticInit::Zero,
+            ppo: PpoConfig {
+                lambda: 1.0,
+                ..PpoConfig::default()
+            },
             optimizer: OptimizerConfig {
-                lr: 3e-5,
+                lr: 1e-4,
                 min_lr_ratio: 1.0,
                 warmup_steps: 0,
                 weight_decay: 0.0,
