@@ -24,10 +24,7 @@ struct Synthetic {
 impl Objective<B, Gpt<B>> for Synthetic {
     fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember::train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
-        Ok(Loss {
-            value: model.loss(&batch)?,
-            tokens: batch.n_targets,
-        })
+        Ok(Loss::new(model.loss(&batch)?, batch.n_targets))
     }
 
     fn validate(&mut self, _model: &Gpt<Flex>) -> ember::train::Result<Vec<(String, f64)>> {

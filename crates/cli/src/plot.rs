@@ -112,7 +112,7 @@ fn tick_label(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
-    } else if a >= 10_000.0 || a < 0.01 {
+    } else if !(0.01..10_000.0).contains(&a) {
         format!("{v:.1e}")
     } else if a >= 100.0 {
         format!("{v:.0}")

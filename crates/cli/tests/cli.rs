@@ -563,6 +563,67 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
         serde_json::from_str(&std::fs::read_to_string(run.join("timings.json")).unwrap()).unwrap();
     let first_ppo = timings["ppo"].as_f64().unwrap();
 
+    // The stages' own commands read what the pipeline wrote.
+    let scored = ember(
+        &[
+            "reward",
+            "score",
+            "--model",
+            "runs/p/reward/model",
+            "--prompt",
+            "What is 2 + 3?",
+            "--answer",
+            "5",
+            "--answer",
+            "seven",
+        ],
+        dir.path(),
+    );
+    assert!(scored.status.success(), "{}", text(&scored));
+    let lines = String::from_utf8_lossy(&scored.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["answer"], "seven");
+    assert!(lines[0]["reward"].as_f64().unwrap().is_finite());
+    let evaluated = ember(
+        &[
+            "reward",
+            "eval",
+            "--model",
+            "runs/p/reward/model",
+            "--data",
+            "runs/p/rankings/heldout.jsonl",
+        ],
+        dir.path(),
+    );
+    assert!(evaluated.status.success(), "{}", text(&evaluated));
+    assert!(
+        text(&evaluated).contains("accuracy"),
+        "{}",
+        text(&evaluated)
+    );
+    let not_a_reward_model = ember(
+        &[
+            "reward",
+            "score",
+            "--model",
+            "runs/p/sft/model",
+            "--prompt",
+            "q",
+            "--answer",
+            "a",
+        ],
+        dir.path(),
+    );
+    assert!(!not_a_reward_model.status.success());
+    assert!(
+        text(&not_a_reward_model).contains("reward.json"),
+        "{}",
+        text(&not_a_reward_model)
+    );
+
     // Again: every stage is done, nothing is redone, the report is written anew.
     let again = ember(&args, dir.path());
     assert!(again.status.success(), "{}", text(&again));

@@ -11,6 +11,6 @@ pub use advantage::{
 pub use error::{Error, Result};
 pub use loss::{entropy, masked_mean, policy_loss, token_logprobs, value_loss, PolicyLoss};
 pub use objective::{
-    answer_mask, leave_one_out, rollout, rollout_metrics, spread, ActorCritic, Frozen, Judge, Ppo,
-    PpoConfig, Prompt, Sample,
+    answer_mask, leave_one_out, rollout, rollout_metrics, spread, ActorCritic, Decode, Evaluated,
+    Frozen, Judge, Ppo, PpoConfig, Prompt, Sample,
 };

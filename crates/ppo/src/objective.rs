@@ -150,7 +150,7 @@ impl PpoConfig {
             ))
         } else if self.max_new_tokens == 0 {
             Some("max_new_tokens must be at least 1".into())
-        } else if !(self.temperature > 0.0) {
+        } else if self.temperature.is_nan() || self.temperature <= 0.0 {
             Some(format!(
                 "temperature must be above 0, got {}",
                 self.temperature
@@ -182,6 +182,12 @@ pub struct Prompt {
 /// A program that scores an answer to a prompt, independent of the reward model (the built-in
 /// tasks' judge), to check that what the reward model likes is really better.
 pub type Judge = Box<dyn Fn(&Prompt, &str) -> Option<f64>>;
+
+/// Turns answer tokens into text.
+pub type Decode = Box<dyn Fn(&[u32]) -> Result<String>>;
+
+/// Metrics (name, value) and the samples they were computed on.
+pub type Evaluated = (Vec<(String, f64)>, Vec<Sample>);
 
 /// What stays fixed through a PPO run: the reference and the reward model (without autodiff,
 /// so no gradient can reach them) and the tokens that frame an answer.
@@ -561,7 +567,7 @@ pub struct Ppo<B: AutodiffBackend> {
     prompts: Vec<Prompt>,
     eval_prompts: Vec<Prompt>,
     judge: Option<Judge>,
-    decode: Box<dyn Fn(&[u32]) -> Result<String>>,
+    decode: Decode,
     ptx: Option<Pretraining<B>>,
     order: EpochOrder,
     beta: f64,
@@ -598,7 +604,7 @@ impl<B: AutodiffBackend> Ppo<B> {
         prompts: Vec<Prompt>,
         eval_prompts: Vec<Prompt>,
         judge: Option<Judge>,
-        decode: Box<dyn Fn(&[u32]) -> Result<String>>,
+        decode: Decode,
         ptx: Option<Pretraining<B>>,
         device: &B::Device,
     ) -> Result<Self> {
@@ -709,7 +715,7 @@ impl<B: AutodiffBackend> Ppo<B> {
         &self,
         policy: &Gpt<B::InnerBackend>,
         critic: &RewardModel<B::InnerBackend>,
-    ) -> Result<(Vec<(String, f64)>, Vec<Sample>)> {
+    ) -> Result<Evaluated> {
         if self.eval_prompts.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }

@@ -110,7 +110,7 @@ pub fn collect_rankings<B: Backend>(
         }
         on_batch(chunk.len());
     }
-    let mut noise = StdRng::seed_from_u64(config.seed ^ 0x5EED_0F_1ABE_1E25);
+    let mut noise = StdRng::seed_from_u64(config.seed ^ 0x005E_ED0F_1ABE_1E25);
     let mut collected = Collected::default();
     for (i, ((prompt, family), group)) in prompts.iter().zip(answers.chunks(config.k)).enumerate() {
         let (mut completions, mut scores, mut noisy) = (Vec::new(), Vec::new(), Vec::new());

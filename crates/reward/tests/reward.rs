@@ -56,7 +56,8 @@ fn the_score_is_read_at_the_last_real_token_whatever_the_padding() {
         let alone = rows
             .iter()
             .map(|r| {
-                let batch = ScoreBatch::new(&[r.clone()], 2, Padding::Right, 4, &device).unwrap();
+                let batch = ScoreBatch::new(std::slice::from_ref(r), 2, Padding::Right, 4, &device)
+                    .unwrap();
                 scores(&model, &batch)[0]
             })
             .collect::<Vec<_>>();
@@ -201,7 +202,7 @@ fn pet_rankings(prompts: std::ops::Range<usize>) -> Vec<Ranking> {
             let prompt =
                 Conversation::new(vec![Message::user(format!("Which pet do you like? {i}"))]);
             // Vary the order in which the answers are listed.
-            let mut answers = vec!["dog.", "cat.", "bird."];
+            let mut answers = ["dog.", "cat.", "bird."];
             answers.rotate_left(i % 3);
             let rank = |a: &str| match a {
                 "cat." => 2.0,

@@ -134,8 +134,10 @@ impl Default for PipelineFile {
         pretrain.tokenizer.vocab_size = 2048;
         pretrain.train.steps = 200;
         pretrain.train.eval_every = std::num::NonZeroUsize::new(50);
-        let mut sft = sft::SftFile::default();
-        sft.val_fraction = 0.05;
+        let mut sft = sft::SftFile {
+            val_fraction: 0.05,
+            ..Default::default()
+        };
         sft.batch.batch_size = 16;
         sft.batch.row_len = 64;
         sft.train.steps = 300;

@@ -278,6 +278,16 @@ fn train<B: AutodiffBackend>(
         .evaluate(&inner_start.policy.valid(), &inner_start.critic.valid())?
         .0;
     println!("before PPO (greedy, held-out prompts): {}", shown(&before));
+    if !args.run.join("before.json").exists() {
+        let map = before
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        ember_tokenizer::write_atomically(
+            &args.run.join("before.json"),
+            serde_json::to_string_pretty(&map)?.as_bytes(),
+        )?;
+    }
     let train_config = settings.train_config(true)?;
     let run = RunDir::new(&args.run);
     let (model, _) = fit(inner_start, &mut objective, &train_config, &run)?;
