@@ -149,9 +149,35 @@ pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyh
     toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
 }
 
+/// Splits `items` into (kept, held out): every k-th item with k = round(1 / fraction), so
+/// the split is the same on every run; a fraction of 0 holds nothing out.
+pub fn hold_out<T>(items: Vec<T>, fraction: f64) -> (Vec<T>, Vec<T>) {
+    if fraction <= 0.0 {
+        return (items, Vec::new());
+    }
+    let every = (1.0 / fraction).round().max(2.0) as usize;
+    let (held, kept): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % every == every - 1);
+    (
+        kept.into_iter().map(|(_, x)| x).collect(),
+        held.into_iter().map(|(_, x)| x).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_out_takes_every_kth_item() {
+        let (kept, held) = hold_out((0..10).collect::<Vec<_>>(), 0.25);
+        assert_eq!(held, vec![3, 7]);
+        assert_eq!(kept, vec![0, 1, 2, 4, 5, 6, 8, 9]);
+        let (kept, held) = hold_out(vec![1, 2, 3], 0.0);
+        assert_eq!((kept.len(), held.len()), (3, 0));
+    }
 
     #[test]
     fn defaults_round_trip_through_toml() {

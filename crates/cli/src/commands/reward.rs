@@ -345,15 +345,10 @@ fn train_on<B: AutodiffBackend>(
     let mut train = load_rankings(&args.data, args.strict)?;
     let val = match &args.val {
         Some(path) => load_rankings(path, args.strict)?,
-        None if settings.val_fraction == 0.0 => Vec::new(),
         None => {
-            let every = (1.0 / settings.val_fraction).round().max(2.0) as usize;
-            let (held, kept): (Vec<_>, Vec<_>) = train
-                .into_iter()
-                .enumerate()
-                .partition(|(i, _)| i % every == every - 1);
-            train = kept.into_iter().map(|(_, r)| r).collect();
-            held.into_iter().map(|(_, r)| r).collect()
+            let (kept, held) = config::hold_out(train, settings.val_fraction);
+            train = kept;
+            held
         }
     };
     let train = encode(&template, &train, max_len, &args.data)?;

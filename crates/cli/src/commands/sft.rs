@@ -111,14 +111,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let val = match &args.val {
         Some(path) => load(path, args.strict)?,
         None => {
-            // Every k-th conversation, so the split is the same on every run.
-            let every = (1.0 / settings.val_fraction.max(1e-9)).round().max(2.0) as usize;
-            let (held, kept): (Vec<_>, Vec<_>) = train
-                .into_iter()
-                .enumerate()
-                .partition(|(i, _)| i % every == every - 1);
-            train = kept.into_iter().map(|(_, c)| c).collect();
-            held.into_iter().map(|(_, c)| c).collect()
+            let (kept, held) = config::hold_out(train, settings.val_fraction);
+            train = kept;
+            held
         }
     };
     let render = |conversations: &[Conversation]| -> anyhow::Result<Vec<Rendered>> {
