@@ -348,14 +348,9 @@ pub fn rollout<B: Backend>(
     let mut samples = Vec::with_capacity(prompts.len());
     let mut reward_rows = Vec::with_capacity(prompts.len());
     for ((index, prompt), output) in prompts.iter().zip(outputs) {
-        let content = output
-            .tokens
-            .iter()
-            .copied()
-            .filter(|t| !stops.contains(t))
-            .collect::<Vec<_>>();
+        let content = output.content();
         let mut reward_row = prompt.ids.clone();
-        reward_row.extend(&content);
+        reward_row.extend(content);
         reward_row.push(frozen.stop_token);
         reward_rows.push(reward_row);
         let mut row = prompt.ids.clone();
@@ -365,7 +360,7 @@ pub fn rollout<B: Backend>(
             row,
             prompt_len: prompt.ids.len(),
             finished: output.finish == FinishReason::Stop,
-            answer: decode(&content)?.trim().to_string(),
+            answer: decode(content)?.trim().to_string(),
             score: 0.0,
             shaped: 0.0,
             old_logp: Vec::new(),
@@ -721,8 +716,8 @@ impl<B: AutodiffBackend> Ppo<B> {
         }
         let greedy = PpoConfig {
             prompt_baseline: false,
-            // Near-greedy sampling: a temperature this low picks the top token, while the
-            // log-probabilities stay those of the policy at temperature 1 below.
+            // Near-greedy sampling: a temperature this low always picks the top token. (The
+            // log-probabilities of this rollout use it too; only its scores are reported.)
             temperature: 1e-4,
             ..self.config.clone()
         };

@@ -101,12 +101,7 @@ pub fn collect_rankings<B: Backend>(
             seed: config.seed.wrapping_add((c * config.batch_size) as u64),
         };
         for output in generate(policy, chunk, &generation)? {
-            let tokens = output
-                .tokens
-                .into_iter()
-                .filter(|t| !stops.contains(t))
-                .collect::<Vec<_>>();
-            answers.push(tokenizer.decode(&tokens)?.trim().to_string());
+            answers.push(tokenizer.decode(output.content())?.trim().to_string());
         }
         on_batch(chunk.len());
     }

@@ -55,6 +55,17 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
+impl Generation {
+    /// The answer's own tokens: `tokens` without the stop token that ended it, if one did
+    /// (generation stops at the first, so it can only be the last).
+    pub fn content(&self) -> &[u32] {
+        match (self.finish, self.tokens.split_last()) {
+            (FinishReason::Stop, Some((_, before))) => before,
+            _ => &self.tokens,
+        }
+    }
+}
+
 /// Continues every prompt; see [`generate_streaming`].
 ///
 /// # Errors
@@ -164,4 +175,28 @@ pub fn generate_streaming<B: Backend>(
         }
     }
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod content_tests {
+    use super::*;
+
+    #[test]
+    fn content_drops_only_the_stop_token_that_ended_the_answer() {
+        let stopped = Generation {
+            tokens: vec![5, 6, 1],
+            finish: FinishReason::Stop,
+        };
+        assert_eq!(stopped.content(), &[5, 6]);
+        let cut = Generation {
+            tokens: vec![5, 6, 1],
+            finish: FinishReason::Length,
+        };
+        assert_eq!(cut.content(), &[5, 6, 1]);
+        let empty = Generation {
+            tokens: vec![],
+            finish: FinishReason::Length,
+        };
+        assert!(empty.content().is_empty());
+    }
 }

@@ -92,15 +92,9 @@ fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
             }
         })?;
         println!();
-        let answer = output[0]
-            .tokens
-            .iter()
-            .copied()
-            .filter(|t| !stops.contains(t))
-            .collect::<Vec<_>>();
         conversation
             .messages
-            .push(Message::assistant(tokenizer.decode(&answer)?));
+            .push(Message::assistant(tokenizer.decode(output[0].content())?));
     }
     Ok(())
 }

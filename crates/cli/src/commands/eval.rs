@@ -77,12 +77,7 @@ pub fn score_answers<B: Backend>(
             .map(|e| template.render_prompt(&Conversation::new(vec![Message::user(&e.prompt)])))
             .collect::<Result<Vec<_>, _>>()?;
         for (example, output) in chunk.iter().zip(generate(model, &prompts, &config)?) {
-            let answer = output
-                .tokens
-                .into_iter()
-                .filter(|t| !stops.contains(t))
-                .collect::<Vec<_>>();
-            let output = tokenizer.decode(&answer)?;
+            let output = tokenizer.decode(output.content())?;
             let score = tasks
                 .score(&example.family, &example.prompt, &output)
                 .unwrap_or(0.0);

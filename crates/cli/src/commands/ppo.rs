@@ -274,17 +274,18 @@ fn train<B: AutodiffBackend>(
         device,
     )?;
     let inner_start = ActorCritic::new(policy, critic);
-    let before = objective
-        .evaluate(&inner_start.policy.valid(), &inner_start.critic.valid())?
-        .0;
-    println!("before PPO (greedy, held-out prompts): {}", shown(&before));
-    if !args.run.join("before.json").exists() {
+    // The SFT policy's greedy scores, once per run (a resumed run has them already).
+    let before_path = args.run.join("before.json");
+    if !before_path.exists() {
+        let before = objective
+            .evaluate(&inner_start.policy.valid(), &inner_start.critic.valid())?
+            .0;
+        println!("before PPO (greedy, held-out prompts): {}", shown(&before));
         let map = before
-            .iter()
-            .cloned()
+            .into_iter()
             .collect::<std::collections::BTreeMap<_, _>>();
         ember_tokenizer::write_atomically(
-            &args.run.join("before.json"),
+            &before_path,
             serde_json::to_string_pretty(&map)?.as_bytes(),
         )?;
     }
