@@ -47,6 +47,9 @@ enum Command {
     /// Look at instruction data.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Training-step and generation throughput on the chosen device (tokens/s, GFLOP/s), as
+    /// a table; see docs/benchmarks.md for the kernel benches and the PyTorch comparison.
+    Bench(commands::bench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Tasks(TasksCommand::Export(args)) => commands::tasks::export(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
-use crate::judge::{grade, repeats};
+use crate::judge::repeats;
 use crate::words::{FACTS, WORDS};
 use crate::Task;
 
@@ -84,7 +84,7 @@ impl Task for Translate {
         )
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+    fn reference(&self, prompt: &str) -> Option<String> {
         let rest = prompt.strip_prefix("Translate into ")?;
         let (language, rest) = rest.split_once(": ")?;
         let word = rest.strip_suffix(". Translation:")?;
@@ -92,7 +92,7 @@ impl Task for Translate {
         let entry = WORDS
             .iter()
             .find(|e| (0..4).any(|l| word_in(e, l) == word))?;
-        Some(grade(answer, &format!("{}.", word_in(entry, to))))
+        Some(format!("{}.", word_in(entry, to)))
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -138,13 +138,13 @@ impl Task for Arithmetic {
         )
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+    fn reference(&self, prompt: &str) -> Option<String> {
         let body = prompt.strip_prefix("What is ")?.strip_suffix('?')?;
         let mut parts = body.split(' ');
         let a = parts.next()?.parse().ok()?;
         let op = parts.next()?.chars().next()?;
         let b = parts.next()?.parse().ok()?;
-        Some(grade(answer, &apply(a, op, b)?.to_string()))
+        Some(apply(a, op, b)?.to_string())
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -175,9 +175,8 @@ impl Task for Reverse {
         (phrase(REVERSE, word, rng), word.chars().rev().collect())
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
-        let word = subject(REVERSE, prompt)?;
-        Some(grade(answer, &word.chars().rev().collect::<String>()))
+    fn reference(&self, prompt: &str) -> Option<String> {
+        Some(subject(REVERSE, prompt)?.chars().rev().collect())
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -207,8 +206,8 @@ impl Task for Spell {
         (phrase(SPELL, word, rng), spelled(word))
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
-        Some(grade(answer, &spelled(subject(SPELL, prompt)?)))
+    fn reference(&self, prompt: &str) -> Option<String> {
+        Some(spelled(subject(SPELL, prompt)?))
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -231,9 +230,8 @@ impl Task for CountLetters {
         (phrase(COUNT, word, rng), word.chars().count().to_string())
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
-        let word = subject(COUNT, prompt)?;
-        Some(grade(answer, &word.chars().count().to_string()))
+    fn reference(&self, prompt: &str) -> Option<String> {
+        Some(subject(COUNT, prompt)?.chars().count().to_string())
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -269,14 +267,14 @@ impl Task for SortNumbers {
         (prompt, join(&numbers))
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+    fn reference(&self, prompt: &str) -> Option<String> {
         let list = prompt.strip_prefix("Sort from smallest to largest: ")?;
         let mut numbers = list
             .split(", ")
             .map(|n| n.parse().ok())
             .collect::<Option<Vec<i64>>>()?;
         numbers.sort_unstable();
-        Some(grade(answer, &join(&numbers)))
+        Some(join(&numbers))
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -309,13 +307,13 @@ impl Task for Compare {
         )
     }
 
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+    fn reference(&self, prompt: &str) -> Option<String> {
         let body = prompt
             .strip_prefix("Which is larger, ")?
             .strip_suffix('?')?;
         let (a, b) = body.split_once(" or ")?;
         let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
-        Some(grade(answer, &a.max(b).to_string()))
+        Some(a.max(b).to_string())
     }
 
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
@@ -341,6 +339,11 @@ impl Task for Describe {
     fn generate(&self, rng: &mut StdRng) -> (String, String) {
         let entry = WORDS.choose(rng).expect("words");
         (phrase(DESCRIBE, entry.0, rng), describe(entry))
+    }
+
+    /// Open-ended: there is no one right answer.
+    fn reference(&self, _prompt: &str) -> Option<String> {
+        None
     }
 
     /// A quarter each: one sentence ending with a period; it names the subject; 4 to 25

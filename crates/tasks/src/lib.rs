@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use families::{
     Arithmetic, Compare, CountLetters, Describe, Reverse, SortNumbers, Spell, Translate,
 };
-pub use judge::{grade, repeats};
+pub use judge::{closeness, grade, repeats};
 pub use words::{FACTS, WORDS};
 
 /// One prompt of a task family and the expert's answer to it.
@@ -33,9 +33,16 @@ pub trait Task: Send + Sync {
     /// A prompt and its reference answer, drawn with `rng`.
     fn generate(&self, rng: &mut StdRng) -> (String, String);
 
+    /// The one right answer to `prompt`, recovered from the prompt alone; `None` if the
+    /// prompt is not one of this family's, or the family is open-ended.
+    fn reference(&self, prompt: &str) -> Option<String>;
+
     /// The labeler's score of `answer` to `prompt`, in [0, 1]: the reference answer gets 1,
-    /// a wrong one less. `None` if the prompt is not one of this family's.
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64>;
+    /// a wrong one less ([`grade`] against [`Task::reference`] unless the family says
+    /// otherwise). `None` if the prompt is not one of this family's.
+    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+        Some(grade(answer, &self.reference(prompt)?))
+    }
 
     /// Sentences in the same world, for the pretraining corpus: the facts and words the
     /// family's answers need, in varied phrasings.
@@ -143,6 +150,21 @@ impl TaskSet {
             .iter()
             .find(|t| t.name() == family)?
             .score(prompt, answer)
+    }
+
+    /// The labeler's score of `answer` with its ties broken by closeness to the reference:
+    /// `score + weight × closeness`, where [`closeness`] is in [0, 1]. With `weight` below
+    /// the smallest step between the judge's levels (0.1 for the built-in judges) it never
+    /// reverses the judge's order; it only ranks wrong answers by how near they come ("s-t-a-e"
+    /// above "c-a-r-d" for "star"). Open-ended families have no reference and keep their
+    /// score. `None` as for [`TaskSet::score`].
+    pub fn label(&self, family: &str, prompt: &str, answer: &str, weight: f64) -> Option<f64> {
+        let task = self.tasks.iter().find(|t| t.name() == family)?;
+        let score = task.score(prompt, answer)?;
+        let near = task
+            .reference(prompt)
+            .map_or(0.0, |r| closeness(answer, &r));
+        Some(score + weight * near)
     }
 
     /// A pretraining corpus of `sentences` sentences, one per line, drawn from every family.

@@ -139,13 +139,13 @@ impl Task for Double {
         let n: i64 = rng.random_range(0..50);
         (format!("Double {n}."), (2 * n).to_string())
     }
-    fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
+    fn reference(&self, prompt: &str) -> Option<String> {
         let n: i64 = prompt
             .strip_prefix("Double ")?
             .strip_suffix('.')?
             .parse()
             .ok()?;
-        Some(ember_tasks::grade(answer, &(2 * n).to_string()))
+        Some((2 * n).to_string())
     }
     fn corpus_sentence(&self, rng: &mut StdRng) -> String {
         let n: i64 = rng.random_range(0..50);
@@ -159,7 +159,37 @@ fn a_user_can_add_a_family() {
     let examples = tasks.examples(Split::Train, 5, 0);
     assert_eq!(examples.iter().filter(|e| e.family == "double").count(), 5);
     assert_eq!(tasks.score("double", "Double 21.", "42"), Some(1.0));
+    assert_eq!(tasks.score("double", "Double 21.", "41"), Some(0.1));
     assert!(tasks.corpus(90, 0).contains("Twice "));
+}
+
+#[test]
+fn the_label_breaks_ties_by_closeness_and_keeps_the_judges_order() {
+    let tasks = TaskSet::builtin();
+    let prompt = "Spell the word: star";
+    let label = |answer: &str| tasks.label("spell", prompt, answer, 0.05).unwrap();
+    // The judge ties the two wrong answers at 0.1; the label prefers the nearer one.
+    assert_eq!(tasks.score("spell", prompt, "s-t-a-e"), Some(0.1));
+    assert_eq!(tasks.score("spell", prompt, "c-a-r-d"), Some(0.1));
+    // "s-t-a-e" is one edit away from "s-t-a-r", in 7 characters.
+    let near = ember_tasks::closeness("s-t-a-e", "s-t-a-r");
+    assert!((label("s-t-a-e") - (0.1 + 0.05 * near)).abs() < 1e-12);
+    assert!((near - 6.0 / 7.0).abs() < 1e-12);
+    assert!(label("s-t-a-e") > label("c-a-r-d"));
+    // Never across the judge's levels: the answer beats every wrong answer, a clean wrong
+    // answer beats an empty one, whatever their closeness.
+    assert!((label("s-t-a-r") - 1.05).abs() < 1e-12);
+    assert!(label("s-t-a-r. And then more words") < label("s-t-a-r"));
+    assert!(label("s-t-a-r. And then more words") > label("s-t-a-e"));
+    assert!(label("") < label("x"));
+    // An open-ended family keeps its score.
+    let describe = "Describe a cat in one sentence.";
+    let answer = "A cat is a small animal.";
+    assert_eq!(
+        tasks.label("describe", describe, answer, 0.05),
+        tasks.score("describe", describe, answer)
+    );
+    assert_eq!(tasks.label("nope", prompt, "x", 0.05), None);
 }
 
 #[test]

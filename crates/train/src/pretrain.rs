@@ -139,7 +139,7 @@ impl<B: Backend> Pretraining<B> {
 impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Pretraining<B> {
     fn loss(&mut self, model: &Gpt<B>, batch: MicroBatch) -> Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.train_rows(batch.step, batch.micro), &self.device)?;
-        Ok(Loss::new(model.loss(&batch)?, batch.n_targets))
+        Ok(Loss::new(model.train_loss(&batch)?, batch.n_targets))
     }
 
     fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {

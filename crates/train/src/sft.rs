@@ -89,6 +89,17 @@ impl<B: Backend> RowBatch<B> {
         let logits = model.logits(model.forward_hidden(self.input.clone()));
         Ok(masked_cross_entropy(logits, &self.targets)?)
     }
+    /// [`RowBatch::loss`] for training, with the head and the loss fused
+    /// ([`Gpt::head_loss`]): the same value and gradients, less memory and time.
+    ///
+    /// # Errors
+    /// As [`RowBatch::loss`].
+    pub fn train_loss(&self, model: &Gpt<B>) -> Result<Tensor<B, 1>>
+    where
+        B: AutodiffBackend,
+    {
+        Ok(model.head_loss(model.forward_hidden(self.input.clone()), &self.targets)?)
+    }
 }
 
 /// Supervised fine-tuning on rendered conversations.
@@ -185,7 +196,7 @@ impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Sft<B> {
         let rows = self.micro_batch(batch.index);
         let rows = rows.iter().collect::<Vec<_>>();
         let batch = RowBatch::<B>::new(&rows, model.config().n_heads, &self.device)?;
-        Ok(Loss::new(batch.loss(model)?, batch.targets.n_targets))
+        Ok(Loss::new(batch.train_loss(model)?, batch.targets.n_targets))
     }
 
     fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {

@@ -1,8 +1,8 @@
 //! Next-token cross-entropy with a per-token mask.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::{Error, Result};
 
@@ -106,6 +106,72 @@ pub fn masked_cross_entropy<B: Backend>(
     Ok(total / batch.n_targets as f64)
 }
 
+/// Mean cross-entropy of the logits `hidden · weightᵀ` against `targets`, over the rows whose
+/// `mask` is 1 (`n_targets` of them), without ever holding the `[rows, vocab]` logits whole:
+/// `chunk_rows` rows at a time, the forward pass also computes the gradients with respect to
+/// `hidden` and `weight` (softmax − one-hot, times the mask over `n_targets`), and only those
+/// (the size of `hidden` and of `weight`) are kept for the backward pass. The value is exact
+/// and so are the first-order gradients; peak memory is `chunk_rows × vocab` floats of logits
+/// instead of `rows × vocab` (and the backward pass stores no logits at all).
+///
+/// The trick: with `Gh` and `Gw` the gradients computed in the forward pass (constants), the
+/// result is `L + s − detach(s)` for `s = Σ hidden ⊙ Gh + Σ weight ⊙ Gw`: its value is `L`
+/// and its gradient is `(Gh, Gw)`.
+///
+/// # Shapes
+/// - `hidden`: `[rows, d]`, `weight`: `[vocab, d]`, `targets`, `mask`: `[rows]` → `[1]`
+///
+/// # Errors
+/// [`Error::AllMasked`] if `n_targets` is 0; [`Error::Input`] if `chunk_rows` is 0.
+pub fn fused_linear_cross_entropy<B: AutodiffBackend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    mask: Tensor<B, 1>,
+    n_targets: usize,
+    chunk_rows: usize,
+) -> Result<Tensor<B, 1>> {
+    if n_targets == 0 {
+        return Err(Error::AllMasked);
+    }
+    if chunk_rows == 0 {
+        return Err(Error::Input("chunk_rows must be at least 1".into()));
+    }
+    let [rows, _] = hidden.dims();
+    let (h, w) = (hidden.clone().inner(), weight.clone().inner());
+    let (targets, mask) = (targets.inner(), mask.inner());
+    let scale = 1.0 / n_targets as f64;
+    let mut loss = Tensor::zeros([1], &h.device());
+    let mut grad_w = w.zeros_like();
+    let mut grad_h = Vec::with_capacity(rows.div_ceil(chunk_rows));
+    for start in (0..rows).step_by(chunk_rows) {
+        let end = (start + chunk_rows).min(rows);
+        let h_chunk = h.clone().slice([start..end]);
+        let t_chunk = targets.clone().slice([start..end]).unsqueeze_dim::<2>(1);
+        let m_chunk = mask.clone().slice([start..end]).unsqueeze_dim::<2>(1);
+        let logits = h_chunk.clone().matmul(w.clone().transpose());
+        let max = logits.clone().max_dim(1).detach();
+        let shifted = logits.clone() - max.clone();
+        let exp = shifted.exp();
+        let sum = exp.clone().sum_dim(1);
+        let log_sum_exp = sum.clone().log() + max;
+        let picked = logits.gather(1, t_chunk.clone());
+        loss = loss + ((log_sum_exp - picked) * m_chunk.clone()).sum();
+        // d loss / d logits = (softmax − one-hot) × mask / n_targets.
+        let softmax = exp / sum;
+        let minus_one = Tensor::full([end - start, 1], -1.0, &h.device());
+        let grad_logits = softmax.scatter(1, t_chunk, minus_one, IndexingUpdateOp::Add)
+            * (m_chunk * scale);
+        grad_h.push(grad_logits.clone().matmul(w.clone()));
+        grad_w = grad_w + grad_logits.transpose().matmul(h_chunk);
+    }
+    let grad_h = Tensor::from_inner(Tensor::cat(grad_h, 0));
+    let grad_w = Tensor::from_inner(grad_w);
+    let surrogate = (hidden * grad_h).sum() + (weight * grad_w).sum();
+    let value = Tensor::from_inner(loss * scale);
+    Ok(value + surrogate.clone() - surrogate.detach())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +196,59 @@ mod tests {
         let loss = masked_cross_entropy(logits, &both).unwrap().into_scalar();
         let expected = (-(0.75f32).ln() - (1.0f32 / 3.0).ln()) / 2.0;
         assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+    }
+
+    #[test]
+    fn fused_linear_cross_entropy_equals_the_naive_loss_and_its_gradients() {
+        use burn::backend::Autodiff;
+        use burn::tensor::Distribution;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let (rows, d, vocab) = (10, 8, 13);
+        let hidden_data = Tensor::<B, 2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
+        let weight_data =
+            Tensor::<B, 2>::random([vocab, d], Distribution::Normal(0.0, 1.0), &device);
+        let targets = [3i64, 0, 12, 7, 7, 1, 5, 9, 2, 11];
+        let flags = [1.0f32, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+        let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(targets.to_vec(), [rows]), &device);
+        let mask = Tensor::<A, 1>::from_data(TensorData::new(flags.to_vec(), [rows]), &device);
+        let leaves = || {
+            (
+                Tensor::<A, 2>::from_inner(hidden_data.clone()).require_grad(),
+                Tensor::<A, 2>::from_inner(weight_data.clone()).require_grad(),
+            )
+        };
+        // Naive: the whole logits tensor, log-softmax, masked mean.
+        let (hidden, weight) = leaves();
+        let logits = hidden.clone().matmul(weight.clone().transpose());
+        let picked = log_softmax(logits, 1).gather(1, targets.clone().unsqueeze_dim::<2>(1));
+        let naive = (picked.reshape([rows]) * mask.clone()).sum().neg() / 8.0;
+        let grads = naive.backward();
+        let naive_value = naive.into_scalar();
+        let naive_h = hidden.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let naive_w = weight.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        for chunk in [1, 3, 10, 64] {
+            let (hidden, weight) = leaves();
+            let fused = fused_linear_cross_entropy(
+                hidden.clone(),
+                weight.clone(),
+                targets.clone(),
+                mask.clone(),
+                8,
+                chunk,
+            )
+            .unwrap();
+            let grads = fused.backward();
+            let value = fused.into_scalar();
+            assert!((value - naive_value).abs() < 1e-5, "{value} vs {naive_value}");
+            let fused_h = hidden.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            let fused_w = weight.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            for (a, b) in fused_h.iter().zip(&naive_h).chain(fused_w.iter().zip(&naive_w)) {
+                assert!((a - b).abs() < 1e-5, "chunk {chunk}: gradient {a} vs {b}");
+            }
+        }
+        // The masked-out rows get no gradient.
+        assert!(naive_h[2 * d..3 * d].iter().all(|g| *g == 0.0));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::attention::AttentionContext;
 use crate::block::Block;
-use crate::loss::{masked_cross_entropy, TokenBatch};
+use crate::loss::{fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 use crate::norm::Norm;
 use crate::rope::{Positions, RotaryEmbedding};
 use crate::{Architecture, GptConfig, KvCache, Result};
@@ -203,5 +203,46 @@ impl<B: Backend> Gpt<B> {
     pub fn loss(&self, batch: &TokenBatch<B>) -> Result<Tensor<B, 1>> {
         let logits = self.forward(batch.inputs.clone());
         masked_cross_entropy(logits, batch)
+    }
+}
+
+/// Logits a chunk of [`Gpt::train_loss`] holds at once (16 MiB of `f32`).
+const LOGITS_PER_CHUNK: usize = 1 << 22;
+
+impl<B: AutodiffBackend> Gpt<B> {
+    /// [`Gpt::loss`] for training: the same value and gradients, with the head and the loss
+    /// fused ([`fused_linear_cross_entropy`]), so the `[batch, seq, vocab]` logits are never
+    /// held whole and the backward pass keeps none of them. Faster on the CPU backend too.
+    ///
+    /// # Errors
+    /// [`crate::Error::AllMasked`] if no target counts.
+    pub fn train_loss(&self, batch: &TokenBatch<B>) -> Result<Tensor<B, 1>> {
+        let input = DecoderInput {
+            tokens: batch.inputs.clone(),
+            positions: Positions::Contiguous { start: 0 },
+            mask: None,
+        };
+        self.head_loss(self.forward_hidden(input), batch)
+    }
+
+    /// The fused head and loss of `hidden` states (the output of [`Gpt::forward_hidden`])
+    /// against the batch's targets; see [`Gpt::train_loss`].
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, d_model]` → `[1]`
+    ///
+    /// # Errors
+    /// [`crate::Error::AllMasked`] if no target counts.
+    pub fn head_loss(&self, hidden: Tensor<B, 3>, batch: &TokenBatch<B>) -> Result<Tensor<B, 1>> {
+        let [size, seq, d] = hidden.dims();
+        let chunk_rows = (LOGITS_PER_CHUNK / self.config.vocab_size).max(1);
+        fused_linear_cross_entropy(
+            hidden.reshape([size * seq, d]),
+            self.token_embedding.weight.val(),
+            batch.targets.clone().reshape([size * seq]),
+            batch.mask.clone().reshape([size * seq]),
+            batch.n_targets,
+            chunk_rows,
+        )
     }
 }

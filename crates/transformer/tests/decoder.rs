@@ -2,10 +2,11 @@
 //! compiled in: CPU (flex) always, wgpu under the `wgpu` feature.
 
 use burn::backend::Flex;
-use burn::tensor::backend::Backend;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_transformer::{
-    generate, Architecture, GenerateConfig, Gpt, GptConfig, KvCache, Sampling,
+    generate, Architecture, GenerateConfig, Gpt, GptConfig, KvCache, Sampling, TokenBatch,
 };
 
 const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gpt2];
@@ -119,9 +120,62 @@ fn check_padded_batch_equals_single_prompts<B: Backend>(device: &B::Device) {
     }
 }
 
+/// Every parameter's gradient, flattened, in the module's order.
+struct Grads<'a, B: AutodiffBackend> {
+    grads: &'a <B as AutodiffBackend>::Gradients,
+    out: Vec<Vec<f32>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let grad = param.val().grad(self.grads).expect("every parameter has a gradient");
+        self.out.push(values(grad));
+    }
+}
+
+fn param_grads<B: AutodiffBackend>(model: &Gpt<B>, loss: Tensor<B, 1>) -> (f32, Vec<Vec<f32>>) {
+    let grads = loss.backward();
+    let mut visitor = Grads::<B> {
+        grads: &grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut visitor);
+    (values(loss)[0], visitor.out)
+}
+
+/// The fused training loss is the plain loss: same value, same gradient for every parameter.
+fn check_train_loss_equals_loss<B: AutodiffBackend>(device: &B::Device) {
+    for architecture in ARCHITECTURES {
+        let model = model::<B>(architecture, device);
+        let rows = vec![sequence(21), sequence(30)[9..].to_vec()];
+        let masks = vec![
+            (0..20).map(|i| i % 3 != 0).collect::<Vec<_>>(),
+            (0..20).map(|i| i >= 5).collect(),
+        ];
+        let batch = TokenBatch::<B>::from_rows_masked(&rows, &masks, device).unwrap();
+        let (plain, plain_grads) = param_grads(&model, model.loss(&batch).unwrap());
+        let (fused, fused_grads) = param_grads(&model, model.train_loss(&batch).unwrap());
+        assert!((plain - fused).abs() < 1e-5, "{architecture:?}: {plain} vs {fused}");
+        assert_eq!(plain_grads.len(), fused_grads.len());
+        for (i, (a, b)) in plain_grads.iter().zip(&fused_grads).enumerate() {
+            let diff = max_abs_diff(a, b);
+            let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(
+                diff <= 1e-4 * scale.max(1e-3),
+                "{architecture:?}: parameter {i} gradient differs by {diff} (max {scale})"
+            );
+        }
+    }
+}
+
 mod cpu {
     use super::*;
     type B = Flex;
+
+    #[test]
+    fn train_loss_equals_loss() {
+        check_train_loss_equals_loss::<burn::backend::Autodiff<B>>(&Default::default());
+    }
 
     #[test]
     fn causality() {
@@ -187,10 +241,14 @@ mod cpu {
 mod wgpu {
     use super::*;
     use burn::backend::Wgpu;
-    use burn::module::Module;
     use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 
     type B = Wgpu;
+
+    #[test]
+    fn train_loss_equals_loss() {
+        check_train_loss_equals_loss::<burn::backend::Autodiff<B>>(&Default::default());
+    }
 
     #[test]
     fn causality() {

@@ -75,6 +75,8 @@ pub struct CollectSection {
     pub temperature: f32,
     /// Labeler noise (std of the Gaussian added to the judge's score).
     pub noise: f64,
+    /// Weight of the labeler's tie-break by closeness to the reference, in [0, 0.1).
+    pub closeness: f64,
 }
 
 impl Default for CollectSection {
@@ -85,6 +87,7 @@ impl Default for CollectSection {
             k: 6,
             temperature: 1.0,
             noise: 0.0,
+            closeness: 0.0,
         }
     }
 }
@@ -286,6 +289,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 temperature: c.temperature,
                 max_new_tokens: settings.eval.max_new_tokens,
                 noise: c.noise,
+                closeness: c.closeness,
                 seed: 1,
                 device: args.device,
             }))?;

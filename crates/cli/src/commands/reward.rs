@@ -87,6 +87,12 @@ pub struct CollectArgs {
     /// who disagree); 0 ranks exactly by the judge.
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
+    /// Weight of the tie-break by closeness to the reference answer (1 − edit distance over
+    /// length), added to the judge's score: wrong answers are ranked by how near they come
+    /// instead of tied. Below 0.1 it never reverses the judge's order; 0 (the default) turns it
+    /// off (see docs/reward-model.md for what it did to a small reward model).
+    #[arg(long, default_value_t = 0.0)]
+    pub closeness: f64,
     /// Seed of the prompts, the answers and the noise.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -111,6 +117,12 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn collect_on<B: Backend>(args: &CollectArgs, device: &B::Device) -> anyhow::Result<()> {
+    if !(0.0..0.1).contains(&args.closeness) {
+        bail!(
+            "--closeness {} would reorder the judge's levels: use a weight in [0, 0.1)",
+            args.closeness
+        );
+    }
     let template = ChatTemplate::new(Tokenizer::from_file(args.model.join("tokenizer.json"))?)?;
     let policy = load_model::<B>(&args.model, device)
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
@@ -152,7 +164,9 @@ fn collect_on<B: Backend>(args: &CollectArgs, device: &B::Device) -> anyhow::Res
         &config,
         |i, answer| {
             let e = &examples[i];
-            tasks.score(&e.family, &e.prompt, answer).unwrap_or(0.0)
+            tasks
+                .label(&e.family, &e.prompt, answer, args.closeness)
+                .unwrap_or(0.0)
         },
         |n| progress.inc(n as u64),
     )?;

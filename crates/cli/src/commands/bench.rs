@@ -1,0 +1,238 @@
+//! `ember bench`: whole training steps and generation on the chosen device, as a table.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use burn::module::Module;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use ember_train::{fit, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig};
+use ember_transformer::{generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch};
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::device::{with_backend, DeviceKind};
+
+/// A model shape to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// 4 layers of width 128, context 128, vocabulary 4096; batch 16 (the PyTorch peer's tiny).
+    Tiny,
+    /// 6 layers of width 256, context 256, vocabulary 8192; batch 8 (the PyTorch peer's small).
+    Small,
+    /// GPT-2 small (124M): 12 layers of width 768, context 1024, vocabulary 50257; batch 8.
+    Gpt2Small,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Small => "small",
+            Self::Gpt2Small => "gpt2-small",
+        }
+    }
+
+    /// GPT-2-shaped, like the peer's models, and the batch it trains with.
+    fn config(self) -> (GptConfig, usize) {
+        match self {
+            Self::Tiny => (GptConfig::tiny().with_architecture(Architecture::Gpt2), 16),
+            Self::Small => (GptConfig::small().with_architecture(Architecture::Gpt2), 8),
+            Self::Gpt2Small => (GptConfig::gpt2_small(), 8),
+        }
+    }
+}
+
+/// Arguments of `ember bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which backend runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// The model shapes to train, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tiny,small")]
+    pub shapes: Vec<Shape>,
+    /// Training steps measured per shape (after two warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// New tokens per generated row (after a 16-token prompt), with the `small` shape.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Leave out generation.
+    #[arg(long)]
+    pub no_generation: bool,
+}
+
+/// Runs `ember bench`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    with_backend!(args.device, |B, AD, device| bench::<AD>(&args, &device))
+}
+
+/// Deterministic pseudo-random tokens (throughput does not depend on what they say).
+fn tokens(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut state = seed;
+    (0..rows)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((state >> 33) % vocab as u64) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Next-token loss on fixed rows.
+struct Synthetic {
+    rows: Vec<Vec<u32>>,
+}
+
+impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Synthetic {
+    fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+        let device = model.devices()[0].clone();
+        let batch = TokenBatch::from_rows(&self.rows, &device)?;
+        Ok(Loss::new(model.train_loss(&batch)?, batch.n_targets))
+    }
+
+    fn validate(&mut self, _model: &Gpt<B::InnerBackend>) -> ember_train::Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// FLOPs per trained token: 6 per parameter (forward and backward matmuls) plus attention's
+/// 12 · layers · context · width (PaLM's appendix B; nanoGPT's MFU estimate).
+fn flops_per_token(config: &GptConfig) -> f64 {
+    6.0 * config.num_params() as f64
+        + 12.0 * (config.n_layers * config.max_seq_len * config.d_model) as f64
+}
+
+fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
+    println!("training steps (forward, backward, global-norm clipping, AdamW), median of {}:", args.steps);
+    println!(
+        "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}",
+        "shape", "params", "batch", "tokens", "step (ms)", "tokens/s", "GFLOP/s"
+    );
+    for &shape in &args.shapes {
+        let (config, batch) = shape.config();
+        let seq = config.max_seq_len;
+        let model = config.init::<B>(device)?;
+        let train = TrainConfig {
+            steps: args.steps + 2,
+            progress: false,
+            eval_every: None,
+            checkpoint_every: None,
+            optimizer: OptimizerConfig {
+                warmup_steps: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut objective = Synthetic {
+            rows: tokens(batch, seq + 1, config.vocab_size, 1),
+        };
+        let (model, summary) = fit(model, &mut objective, &train, &RunDir::new(scratch.join(shape.name())))
+            .with_context(|| format!("training the {} shape", shape.name()))?;
+        drop(model);
+        // The first two steps allocate and warm caches.
+        let step = median(summary.step_seconds[2..].to_vec());
+        let tokens_per_second = (batch * seq) as f64 / step;
+        println!(
+            "{:<11} {:>8.2}M {batch:>7} {:>8} {:>12.1} {:>11.0} {:>9.1}",
+            shape.name(),
+            config.num_params() as f64 / 1e6,
+            batch * seq,
+            step * 1e3,
+            tokens_per_second,
+            tokens_per_second * flops_per_token(&config) / 1e9
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !args.no_generation {
+        generation::<B::InnerBackend>(args, device)?;
+    }
+    Ok(())
+}
+
+/// Greedy generation with the KV cache (Ember's `generate`) and without it (the whole sequence
+/// again at every step), `small` shape, 16-token prompts.
+fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
+    let (config, _) = Shape::Small.config();
+    let model = config.init::<B>(device)?;
+    let new_tokens = args.new_tokens.min(config.max_seq_len - 16);
+    println!("\ngeneration, small shape, 16-token prompts, {new_tokens} new tokens, greedy:");
+    println!(
+        "{:<8} {:>16} {:>16} {:>9} {:>11}",
+        "batch", "KV cache tok/s", "no cache tok/s", "speed-up", "same tokens"
+    );
+    for batch in [1, 8] {
+        let prompts = tokens(batch, 16, config.vocab_size, 2);
+        let generate_config = GenerateConfig {
+            max_new_tokens: new_tokens,
+            sampling: Sampling::Greedy,
+            stop_tokens: Vec::new(),
+            pad_token: 0,
+            seed: 0,
+        };
+        // Warm-up, then the measured run.
+        generate(&model, &prompts, &GenerateConfig { max_new_tokens: 4, ..generate_config.clone() })?;
+        let started = Instant::now();
+        let cached = generate(&model, &prompts, &generate_config)?;
+        let cached_seconds = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let uncached = generate_uncached(&model, &prompts, new_tokens, device);
+        let uncached_seconds = started.elapsed().as_secs_f64();
+        // Same model, same greedy rule: the same tokens, up to argmax ties that rounding
+        // breaks differently (a random model's logits are close together).
+        let (mut same, mut total) = (0, 0);
+        for (with, without) in cached.iter().zip(&uncached) {
+            same += with.tokens.iter().zip(without).filter(|(a, b)| a == b).count();
+            total += without.len();
+        }
+        let produced = (batch * new_tokens) as f64;
+        println!(
+            "{batch:<8} {:>16.0} {:>16.0} {:>8.1}× {:>10.1}%",
+            produced / cached_seconds,
+            produced / uncached_seconds,
+            uncached_seconds / cached_seconds,
+            100.0 * same as f64 / total.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Greedy decoding that runs the whole sequence through the model for every new token.
+fn generate_uncached<B: Backend>(
+    model: &Gpt<B>,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
+    let mut rows = prompts.to_vec();
+    let mut produced = vec![Vec::new(); rows.len()];
+    for _ in 0..new_tokens {
+        let (batch, len) = (rows.len(), rows[0].len());
+        let flat = rows.iter().flatten().map(|&t| i64::from(t)).collect::<Vec<_>>();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, len]), device);
+        let logits = model.forward(input);
+        let vocab = logits.dims()[2];
+        let next = logits
+            .slice([0..batch, len - 1..len, 0..vocab])
+            .argmax(2)
+            .into_data()
+            .iter::<i64>()
+            .collect::<Vec<_>>();
+        for ((row, out), token) in rows.iter_mut().zip(&mut produced).zip(next) {
+            row.push(token as u32);
+            out.push(token as u32);
+        }
+    }
+    produced
+}
