@@ -42,27 +42,27 @@ impl<B: Backend> CausalSelfAttention<B> {
         }
     }
 
-    /// Splits `[batch, seq, d]` into heads: `[batch, heads, seq, head_dim]`.
-    fn heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [batch, seq, d] = x.dims();
-        x.reshape([batch, seq, self.n_heads, d / self.n_heads])
-            .swap_dims(1, 2)
-    }
-
+    /// Queries, keys and values as `[batch, heads, seq, head_dim]`. Each is copied once out
+    /// of the fused projection, in `[batch, seq, heads, head_dim]` order, and rotated there
+    /// while contiguous; moving the heads forward is a view.
     fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
-        let d = x.dims()[2];
-        let qkv = self.qkv.forward(x);
-        let query = self.heads(qkv.clone().narrow(2, 0, d));
-        let key = self.heads(qkv.clone().narrow(2, d, d));
-        let value = self.heads(qkv.narrow(2, 2 * d, d));
-        match context.rope {
-            Some(rope) => [
+        let [batch, seq, d] = x.dims();
+        let (heads, head_dim) = (self.n_heads, d / self.n_heads);
+        let qkv = self.qkv.forward(x).reshape([batch, seq, 3, heads, head_dim]);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(2, i, 1)
+                .reshape([batch, seq, heads, head_dim])
+        };
+        let (query, key, value) = (part(0), part(1), part(2));
+        let (query, key) = match context.rope {
+            Some(rope) => (
                 rope.apply(query, context.positions),
                 rope.apply(key, context.positions),
-                value,
-            ],
-            None => [query, key, value],
-        }
+            ),
+            None => (query, key),
+        };
+        [query, key, value].map(|t| t.swap_dims(1, 2))
     }
 
     fn attend(

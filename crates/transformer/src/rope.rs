@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// Positions of the tokens of a forward pass.
 #[derive(Debug, Clone)]
@@ -48,42 +48,75 @@ impl<B: Backend> RotaryEmbedding<B> {
         }
     }
 
-    /// Rotates queries or keys.
+    /// Rotates queries or keys, in the layout the projection produces them in (heads not yet
+    /// moved before the sequence), so that every op runs on contiguous memory:
+    /// `x · cos + rotate_half(x) · sin`, with `rotate_half(x) = [−x₂, x₁]` as a product with a
+    /// signed permutation matrix rather than two slices and a concatenation.
     ///
     /// # Shapes
-    /// - `x`: `[batch, heads, seq, head_dim]` → same
+    /// - `x`: `[batch, seq, heads, head_dim]` → same
     pub fn apply(&self, x: Tensor<B, 4>, positions: &Positions<B>) -> Tensor<B, 4> {
-        let [batch, _, seq, head_dim] = x.dims();
+        let [batch, seq, _, head_dim] = x.dims();
         let half = head_dim / 2;
-        let (cos, sin) = match positions {
+        let device = x.device();
+        let (cos, sin, rows) = match positions {
             Positions::Contiguous { start } => (
-                self.cos
-                    .clone()
-                    .narrow(0, *start, seq)
-                    .reshape([1, 1, seq, half]),
-                self.sin
-                    .clone()
-                    .narrow(0, *start, seq)
-                    .reshape([1, 1, seq, half]),
+                self.cos.clone().narrow(0, *start, seq),
+                self.sin.clone().narrow(0, *start, seq),
+                1,
             ),
             Positions::PerToken(ids) => {
                 let flat = ids.clone().reshape([batch * seq]);
                 (
-                    self.cos
-                        .clone()
-                        .select(0, flat.clone())
-                        .reshape([batch, 1, seq, half]),
-                    self.sin
-                        .clone()
-                        .select(0, flat)
-                        .reshape([batch, 1, seq, half]),
+                    self.cos.clone().select(0, flat.clone()),
+                    self.sin.clone().select(0, flat),
+                    batch,
                 )
             }
         };
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.narrow(3, half, half);
-        let first = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-        let second = x2 * cos + x1 * sin;
-        Tensor::cat(vec![first, second], 3)
+        // Both halves of a pair turn by the same angle: [cos, cos] and [sin, sin].
+        let full =
+            |t: Tensor<B, 2>| Tensor::cat(vec![t.clone(), t], 1).reshape([rows, seq, 1, head_dim]);
+        let (cos, sin) = (full(cos), full(sin));
+        let mut rotation = vec![0.0f32; head_dim * head_dim];
+        for j in 0..half {
+            // Column j of x · R is −x[j + half]; column j + half is x[j].
+            rotation[(j + half) * head_dim + j] = -1.0;
+            rotation[j * head_dim + j + half] = 1.0;
+        }
+        let rotation =
+            Tensor::<B, 2>::from_data(TensorData::new(rotation, [head_dim, head_dim]), &device)
+                .unsqueeze::<4>();
+        x.clone() * cos + x.matmul(rotation) * sin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn rotates_each_pair_by_position_times_frequency() {
+        let device = Default::default();
+        let rope = RotaryEmbedding::<Flex>::new(8, 4, 100.0, &device);
+        // One row of 3 tokens from position 2, one head, x = [1, 2, 3, 4] at every position.
+        let x = Tensor::<Flex, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &device)
+            .reshape([1, 1, 1, 4])
+            .repeat_dim(1, 3);
+        let out = rope.apply(x, &Positions::Contiguous { start: 2 });
+        let out = out.into_data().to_vec::<f32>().unwrap();
+        // Pairs (x0, x2) = (1, 3) and (x1, x3) = (2, 4) turn at frequencies 1 and
+        // 100^(-2/4) = 0.1 (rotate-half layout).
+        for (t, position) in (2..5).enumerate() {
+            for (i, (a, b), frequency) in [(0, (1.0f64, 3.0f64), 1.0f64), (1, (2.0, 4.0), 0.1)] {
+                let angle = position as f64 * frequency;
+                let first = a * angle.cos() - b * angle.sin();
+                let second = b * angle.cos() + a * angle.sin();
+                let got = (out[t * 4 + i], out[t * 4 + i + 2]);
+                assert!((f64::from(got.0) - first).abs() < 1e-5, "{got:?} vs {first}");
+                assert!((f64::from(got.1) - second).abs() < 1e-5, "{got:?} vs {second}");
+            }
+        }
     }
 }

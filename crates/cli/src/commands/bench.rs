@@ -31,13 +31,14 @@ impl Shape {
         }
     }
 
-    /// GPT-2-shaped, like the peer's models, and the batch it trains with.
-    fn config(self) -> (GptConfig, usize) {
-        match self {
-            Self::Tiny => (GptConfig::tiny().with_architecture(Architecture::Gpt2), 16),
-            Self::Small => (GptConfig::small().with_architecture(Architecture::Gpt2), 8),
+    /// The shape with `architecture`, and the batch it trains with.
+    fn config(self, architecture: Architecture) -> (GptConfig, usize) {
+        let (config, batch) = match self {
+            Self::Tiny => (GptConfig::tiny(), 16),
+            Self::Small => (GptConfig::small(), 8),
             Self::Gpt2Small => (GptConfig::gpt2_small(), 8),
-        }
+        };
+        (config.with_architecture(architecture), batch)
     }
 }
 
@@ -59,6 +60,28 @@ pub struct Args {
     /// Leave out generation.
     #[arg(long)]
     pub no_generation: bool,
+    /// GPT-2-shaped models (learned positions, LayerNorm, GELU: the PyTorch peer's) or
+    /// Llama-shaped ones (RoPE, RMSNorm, SwiGLU: what the pipeline trains).
+    #[arg(long, value_enum, default_value = "gpt2")]
+    pub architecture: ArchitectureArg,
+}
+
+/// `--architecture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchitectureArg {
+    /// GPT-2's shape.
+    Gpt2,
+    /// Llama's shape.
+    Llama,
+}
+
+impl From<ArchitectureArg> for Architecture {
+    fn from(value: ArchitectureArg) -> Self {
+        match value {
+            ArchitectureArg::Gpt2 => Architecture::Gpt2,
+            ArchitectureArg::Llama => Architecture::Llama,
+        }
+    }
 }
 
 /// Runs `ember bench`.
@@ -115,13 +138,16 @@ fn flops_per_token(config: &GptConfig) -> f64 {
 
 fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
-    println!("training steps (forward, backward, global-norm clipping, AdamW), median of {}:", args.steps);
+    println!(
+        "training steps ({:?}-shaped; forward, backward, global-norm clipping, AdamW), median of {}:",
+        args.architecture, args.steps
+    );
     println!(
         "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}",
         "shape", "params", "batch", "tokens", "step (ms)", "tokens/s", "GFLOP/s"
     );
     for &shape in &args.shapes {
-        let (config, batch) = shape.config();
+        let (config, batch) = shape.config(args.architecture.into());
         let seq = config.max_seq_len;
         let model = config.init::<B>(device)?;
         let train = TrainConfig {
@@ -164,7 +190,7 @@ fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<
 /// Greedy generation with the KV cache (Ember's `generate`) and without it (the whole sequence
 /// again at every step), `small` shape, 16-token prompts.
 fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
-    let (config, _) = Shape::Small.config();
+    let (config, _) = Shape::Small.config(args.architecture.into());
     let model = config.init::<B>(device)?;
     let new_tokens = args.new_tokens.min(config.max_seq_len - 16);
     println!("\ngeneration, small shape, 16-token prompts, {new_tokens} new tokens, greedy:");
