@@ -314,7 +314,21 @@ fn pretrain_resume_and_generate() {
 fn bad_input_gets_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &[
+                "reward",
+                "collect",
+                "--model",
+                "nowhere",
+                "-o",
+                "out.jsonl",
+                "--closeness",
+                "0.5",
+            ],
+            "would reorder the judge's levels",
+        ),
+        (&["bench", "--steps", "0"], "--steps must be at least 1"),
         (&["tokenizer", "train", "missing.txt"], "missing.txt"),
         (&["pretrain", "--run", "empty-run"], "--data is required"),
         (
@@ -400,6 +414,35 @@ fn tasks_export_writes_data_the_other_commands_read() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("24 conversations"), "{}", text(&out));
+}
+
+#[test]
+fn bench_prints_training_and_generation_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ember(
+        &["bench", "--shapes", "tiny", "--steps", "1", "--new-tokens", "4"],
+        dir.path(),
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let row = log
+        .lines()
+        .find(|l| l.starts_with("tiny "))
+        .unwrap_or_else(|| panic!("no tiny row: {log}"));
+    // params, batch, tokens per step, then three positive figures.
+    let fields = row.split_whitespace().collect::<Vec<_>>();
+    assert_eq!(fields[1..4], ["1.33M", "16", "2048"], "{row}");
+    for figure in &fields[4..7] {
+        assert!(figure.parse::<f64>().unwrap() > 0.0, "{row}");
+    }
+    // Batches 1 and 8, the KV cache giving the same greedy tokens as full recomputation.
+    for batch in ["1 ", "8 "] {
+        let row = log
+            .lines()
+            .find(|l| l.starts_with(batch))
+            .unwrap_or_else(|| panic!("no batch {batch}row: {log}"));
+        assert!(row.ends_with("100.0%"), "{row}");
+    }
 }
 
 #[test]
