@@ -102,8 +102,9 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
                     BenchmarkId::new(format!("forward+backward-{name}"), &size),
                     |b| {
                         b.iter(|| {
-                            let [q, k, v] = [&q, &k, &v]
-                                .map(|t| Tensor::<Autodiff<B>, 4>::from_inner(t.clone()).require_grad());
+                            let [q, k, v] = [&q, &k, &v].map(|t| {
+                                Tensor::<Autodiff<B>, 4>::from_inner(t.clone()).require_grad()
+                            });
                             let grads = backward(q.clone(), k, v).sum().backward();
                             let dq = q.grad(&grads);
                             sync::<B>(device);

@@ -1,7 +1,9 @@
 //! Cross-entropy on every backend compiled in (flex by default; `wgpu` and `cuda` with their
 //! features):
 //! - `cross_entropy/{backend}`: log-softmax + pick + mean on `[rows, vocab]` logits, forward and
-//!   forward + backward; throughput in logits per second (criterion's `elem/s`);
+//!   forward + backward, and `ember_transformer::fused_cross_entropy` (one softmax, the gradient
+//!   computed in the forward pass) forward + backward; throughput in logits per second
+//!   (criterion's `elem/s`);
 //! - `linear_cross_entropy/{backend}`: the language-model head and the loss together, from
 //!   hidden states `[rows, 128]` and a `[vocab, 128]` weight, forward + backward: the naive
 //!   version (the whole logits tensor, then the loss) against
@@ -27,7 +29,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use common::{for_each_backend, mib, peak_bytes_during, sync, PeakAlloc};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::transformer::fused_linear_cross_entropy;
+use ember::transformer::{fused_cross_entropy, fused_linear_cross_entropy};
 
 #[global_allocator]
 static ALLOCATOR: PeakAlloc = PeakAlloc;
@@ -106,7 +108,9 @@ use burn::tensor::ElementConversion as _;
 
 /// Peak host memory of the naive and the fused head + loss on the CPU backend.
 fn memory_table() {
-    println!("linear + cross-entropy, forward + backward, peak host memory (flex, hidden {HIDDEN}):");
+    println!(
+        "linear + cross-entropy, forward + backward, peak host memory (flex, hidden {HIDDEN}):"
+    );
     println!(
         "{:<14} {:>14} {:>14} {:>14} {:>10}",
         "rows × vocab", "logits (MiB)", "naive (MiB)", "fused (MiB)", "loss diff"
@@ -151,6 +155,17 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
                 let leaf = Tensor::<Autodiff<B>, 2>::from_inner(logits.clone()).require_grad();
                 let grads = cross_entropy(leaf.clone(), target.clone()).backward();
                 let grad = leaf.grad(&grads);
+                sync::<B>(device);
+                grad
+            })
+        });
+        let mask = Tensor::<Autodiff<B>, 1>::ones([rows], device);
+        group.bench_function(BenchmarkId::new("forward+backward-fused", &size), |b| {
+            b.iter(|| {
+                let leaf = Tensor::<Autodiff<B>, 2>::from_inner(logits.clone()).require_grad();
+                let loss = fused_cross_entropy(leaf.clone(), target.clone(), mask.clone(), rows)
+                    .expect("a valid problem");
+                let grad = leaf.grad(&loss.backward());
                 sync::<B>(device);
                 grad
             })

@@ -44,7 +44,13 @@ pub fn sync<B: Backend>(device: &B::Device) {
 
 /// Causal attention FLOPs by FlashAttention's convention: `4 · batch · heads · seq² · head_dim`
 /// halved by the causal mask, and 2.5 times that for the backward pass.
-pub fn attention_flops(batch: usize, heads: usize, seq: usize, head_dim: usize, backward: bool) -> u64 {
+pub fn attention_flops(
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    head_dim: usize,
+    backward: bool,
+) -> u64 {
     let forward = 4 * batch * heads * seq * seq * head_dim / 2;
     (if backward { forward * 7 / 2 } else { forward }) as u64
 }

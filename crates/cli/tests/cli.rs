@@ -420,7 +420,15 @@ fn tasks_export_writes_data_the_other_commands_read() {
 fn bench_prints_training_and_generation_tables() {
     let dir = tempfile::tempdir().unwrap();
     let out = ember(
-        &["bench", "--shapes", "tiny", "--steps", "1", "--new-tokens", "4"],
+        &[
+            "bench",
+            "--shapes",
+            "tiny",
+            "--steps",
+            "1",
+            "--new-tokens",
+            "4",
+        ],
         dir.path(),
     );
     let log = text(&out);

@@ -301,12 +301,14 @@ where
                 .collect::<Vec<_>>();
             // `suspend` prints whether or not the bar is drawn (it is hidden off a terminal);
             // an objective with nothing to validate prints nothing.
-            progress.suspend(|| if !shown.is_empty() {
-                println!(
-                    "step {:>6}  train loss {loss_sum:.4}  val {}",
-                    state.step,
-                    shown.join("  ")
-                );
+            progress.suspend(|| {
+                if !shown.is_empty() {
+                    println!(
+                        "step {:>6}  train loss {loss_sum:.4}  val {}",
+                        state.step,
+                        shown.join("  ")
+                    );
+                }
             });
         }
         if last

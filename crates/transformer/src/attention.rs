@@ -48,7 +48,10 @@ impl<B: Backend> CausalSelfAttention<B> {
     fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
         let [batch, seq, d] = x.dims();
         let (heads, head_dim) = (self.n_heads, d / self.n_heads);
-        let qkv = self.qkv.forward(x).reshape([batch, seq, 3, heads, head_dim]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([batch, seq, 3, heads, head_dim]);
         let part = |i: usize| {
             qkv.clone()
                 .narrow(2, i, 1)

@@ -21,7 +21,7 @@ pub use config::{Architecture, GptConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
 pub use init::{fresh_ids, linear, materialize};
-pub use loss::{fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
+pub use loss::{fused_cross_entropy, fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 pub use mlp::{gelu_tanh, GeluMlp, Mlp, SwiGlu};
 pub use model::{DecoderInput, Gpt};
 pub use norm::Norm;

@@ -1,6 +1,6 @@
 //! Next-token cross-entropy with a per-token mask.
 
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
@@ -106,6 +106,60 @@ pub fn masked_cross_entropy<B: Backend>(
     Ok(total / batch.n_targets as f64)
 }
 
+/// The summed masked cross-entropy of `logits` against `targets` (`[rows, 1]` each, `mask`
+/// `[rows, 1]`) and its gradient with respect to the logits times `scale`:
+/// `(softmax − one-hot) × mask × scale`. One pass of the backend's softmax (fused and
+/// vectorised on flex) and no `exp` or `log` over the whole tensor: the log-sum-exp is
+/// `max − log p_max`, since the largest logit's probability is `exp(0) / Σ exp(x − max)`, and
+/// `p_max ≥ 1/vocab` cannot underflow.
+fn loss_and_grad<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2>,
+    scale: f64,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let rows = logits.dims()[0];
+    let max = logits.clone().max_dim(1);
+    let picked = logits.clone().gather(1, targets.clone());
+    let probabilities = softmax(logits, 1);
+    let log_sum_exp = max - probabilities.clone().max_dim(1).log();
+    let loss = ((log_sum_exp - picked) * mask.clone()).sum();
+    let minus_one = Tensor::full([rows, 1], -1.0, &mask.device());
+    let grad = probabilities.scatter(1, targets, minus_one, IndexingUpdateOp::Add) * (mask * scale);
+    (loss, grad)
+}
+
+/// Mean cross-entropy of `logits` against `targets` over the rows whose `mask` is 1
+/// (`n_targets` of them), for training: the value and the gradient come from one softmax in
+/// the forward pass ([`fused_linear_cross_entropy`]'s trick without the head), and the
+/// backward pass keeps one `[rows, vocab]` tensor, the gradient, instead of the chain of
+/// log-softmax intermediates. Same value and gradient as [`masked_cross_entropy`].
+///
+/// # Shapes
+/// - `logits`: `[rows, vocab]`, `targets`, `mask`: `[rows]` → `[1]`
+///
+/// # Errors
+/// [`Error::AllMasked`] if `n_targets` is 0.
+pub fn fused_cross_entropy<B: AutodiffBackend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    mask: Tensor<B, 1>,
+    n_targets: usize,
+) -> Result<Tensor<B, 1>> {
+    if n_targets == 0 {
+        return Err(Error::AllMasked);
+    }
+    let scale = 1.0 / n_targets as f64;
+    let (loss, grad) = loss_and_grad(
+        logits.clone().inner(),
+        targets.inner().unsqueeze_dim::<2>(1),
+        mask.inner().unsqueeze_dim::<2>(1),
+        scale,
+    );
+    let surrogate = (logits * Tensor::from_inner(grad)).sum();
+    Ok(Tensor::from_inner(loss * scale) + surrogate.clone() - surrogate.detach())
+}
+
 /// Mean cross-entropy of the logits `hidden · weightᵀ` against `targets`, over the rows whose
 /// `mask` is 1 (`n_targets` of them), without ever holding the `[rows, vocab]` logits whole:
 /// `chunk_rows` rows at a time, the forward pass also computes the gradients with respect to
@@ -150,18 +204,8 @@ pub fn fused_linear_cross_entropy<B: AutodiffBackend>(
         let t_chunk = targets.clone().slice([start..end]).unsqueeze_dim::<2>(1);
         let m_chunk = mask.clone().slice([start..end]).unsqueeze_dim::<2>(1);
         let logits = h_chunk.clone().matmul(w.clone().transpose());
-        let max = logits.clone().max_dim(1).detach();
-        let shifted = logits.clone() - max.clone();
-        let exp = shifted.exp();
-        let sum = exp.clone().sum_dim(1);
-        let log_sum_exp = sum.clone().log() + max;
-        let picked = logits.gather(1, t_chunk.clone());
-        loss = loss + ((log_sum_exp - picked) * m_chunk.clone()).sum();
-        // d loss / d logits = (softmax − one-hot) × mask / n_targets.
-        let softmax = exp / sum;
-        let minus_one = Tensor::full([end - start, 1], -1.0, &h.device());
-        let grad_logits = softmax.scatter(1, t_chunk, minus_one, IndexingUpdateOp::Add)
-            * (m_chunk * scale);
+        let (chunk_loss, grad_logits) = loss_and_grad(logits, t_chunk, m_chunk, scale);
+        loss = loss + chunk_loss;
         grad_h.push(grad_logits.clone().matmul(w.clone()));
         grad_w = grad_w + grad_logits.transpose().matmul(h_chunk);
     }
@@ -205,12 +249,14 @@ mod tests {
         type A = Autodiff<Flex>;
         let device = Default::default();
         let (rows, d, vocab) = (10, 8, 13);
-        let hidden_data = Tensor::<B, 2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
+        let hidden_data =
+            Tensor::<B, 2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
         let weight_data =
             Tensor::<B, 2>::random([vocab, d], Distribution::Normal(0.0, 1.0), &device);
         let targets = [3i64, 0, 12, 7, 7, 1, 5, 9, 2, 11];
         let flags = [1.0f32, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
-        let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(targets.to_vec(), [rows]), &device);
+        let targets =
+            Tensor::<A, 1, Int>::from_data(TensorData::new(targets.to_vec(), [rows]), &device);
         let mask = Tensor::<A, 1>::from_data(TensorData::new(flags.to_vec(), [rows]), &device);
         let leaves = || {
             (
@@ -225,8 +271,18 @@ mod tests {
         let naive = (picked.reshape([rows]) * mask.clone()).sum().neg() / 8.0;
         let grads = naive.backward();
         let naive_value = naive.into_scalar();
-        let naive_h = hidden.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
-        let naive_w = weight.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let naive_h = hidden
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let naive_w = weight
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         for chunk in [1, 3, 10, 64] {
             let (hidden, weight) = leaves();
             let fused = fused_linear_cross_entropy(
@@ -240,15 +296,85 @@ mod tests {
             .unwrap();
             let grads = fused.backward();
             let value = fused.into_scalar();
-            assert!((value - naive_value).abs() < 1e-5, "{value} vs {naive_value}");
-            let fused_h = hidden.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
-            let fused_w = weight.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
-            for (a, b) in fused_h.iter().zip(&naive_h).chain(fused_w.iter().zip(&naive_w)) {
+            assert!(
+                (value - naive_value).abs() < 1e-5,
+                "{value} vs {naive_value}"
+            );
+            let fused_h = hidden
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let fused_w = weight
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            for (a, b) in fused_h
+                .iter()
+                .zip(&naive_h)
+                .chain(fused_w.iter().zip(&naive_w))
+            {
                 assert!((a - b).abs() < 1e-5, "chunk {chunk}: gradient {a} vs {b}");
             }
         }
         // The masked-out rows get no gradient.
         assert!(naive_h[2 * d..3 * d].iter().all(|g| *g == 0.0));
+
+        // The same without the head, against the logits' gradient.
+        let logits_data = hidden_data.matmul(weight_data.transpose());
+        let leaf = || Tensor::<A, 2>::from_inner(logits_data.clone()).require_grad();
+        let (plain_logits, fused_logits) = (leaf(), leaf());
+        let picked =
+            log_softmax(plain_logits.clone(), 1).gather(1, targets.clone().unsqueeze_dim::<2>(1));
+        let plain = (picked.reshape([rows]) * mask.clone()).sum().neg() / 8.0;
+        let fused =
+            fused_cross_entropy(fused_logits.clone(), targets.clone(), mask.clone(), 8).unwrap();
+        let (plain_grads, fused_grads) = (plain.backward(), fused.backward());
+        assert!((plain.into_scalar() - fused.into_scalar()).abs() < 1e-5);
+        let a = plain_logits
+            .grad(&plain_grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = fused_logits
+            .grad(&fused_grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-6, "logit gradient {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn fused_cross_entropy_is_exact_far_past_exp_underflow() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        // p(target) = e^-200 / (1 + e^-200): exp underflows in f32, the loss must not.
+        let logits =
+            Tensor::<A, 2>::from_floats([[200.0, 0.0], [0.0, 0.0]], &device).require_grad();
+        let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &device);
+        let mask = Tensor::<A, 1>::ones([2], &device);
+        let loss = fused_cross_entropy(logits.clone(), targets, mask, 2).unwrap();
+        let value = loss.clone().into_scalar();
+        let expected = (200.0 + 2f32.ln()) / 2.0;
+        assert!((value - expected).abs() < 1e-4, "{value} vs {expected}");
+        let grad = logits
+            .grad(&loss.backward())
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        // (softmax − one-hot) / 2: [[1, −1], [−½, ½]] / 2.
+        for (g, e) in grad.iter().zip([0.5f32, -0.5, -0.25, 0.25]) {
+            assert!((g - e).abs() < 1e-6, "{grad:?}");
+        }
     }
 
     #[test]

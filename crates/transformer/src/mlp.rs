@@ -108,7 +108,12 @@ mod tests {
         let (ours, our_grad) = run(gelu_tanh);
         let (burns, burn_grad) = run(gelu_approximate);
         for (i, x) in values.iter().enumerate() {
-            assert!((ours[i] - burns[i]).abs() < 1e-5, "gelu({x}): {} vs {}", ours[i], burns[i]);
+            assert!(
+                (ours[i] - burns[i]).abs() < 1e-5,
+                "gelu({x}): {} vs {}",
+                ours[i],
+                burns[i]
+            );
             assert!(
                 (our_grad[i] - burn_grad[i]).abs() < 1e-4,
                 "gelu'({x}): {} vs {}",

@@ -114,8 +114,14 @@ mod tests {
                 let first = a * angle.cos() - b * angle.sin();
                 let second = b * angle.cos() + a * angle.sin();
                 let got = (out[t * 4 + i], out[t * 4 + i + 2]);
-                assert!((f64::from(got.0) - first).abs() < 1e-5, "{got:?} vs {first}");
-                assert!((f64::from(got.1) - second).abs() < 1e-5, "{got:?} vs {second}");
+                assert!(
+                    (f64::from(got.0) - first).abs() < 1e-5,
+                    "{got:?} vs {first}"
+                );
+                assert!(
+                    (f64::from(got.1) - second).abs() < 1e-5,
+                    "{got:?} vs {second}"
+                );
             }
         }
     }

@@ -128,7 +128,10 @@ struct Grads<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let grad = param.val().grad(self.grads).expect("every parameter has a gradient");
+        let grad = param
+            .val()
+            .grad(self.grads)
+            .expect("every parameter has a gradient");
         self.out.push(values(grad));
     }
 }
@@ -155,7 +158,10 @@ fn check_train_loss_equals_loss<B: AutodiffBackend>(device: &B::Device) {
         let batch = TokenBatch::<B>::from_rows_masked(&rows, &masks, device).unwrap();
         let (plain, plain_grads) = param_grads(&model, model.loss(&batch).unwrap());
         let (fused, fused_grads) = param_grads(&model, model.train_loss(&batch).unwrap());
-        assert!((plain - fused).abs() < 1e-5, "{architecture:?}: {plain} vs {fused}");
+        assert!(
+            (plain - fused).abs() < 1e-5,
+            "{architecture:?}: {plain} vs {fused}"
+        );
         assert_eq!(plain_grads.len(), fused_grads.len());
         for (i, (a, b)) in plain_grads.iter().zip(&fused_grads).enumerate() {
             let diff = max_abs_diff(a, b);

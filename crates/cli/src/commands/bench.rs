@@ -5,9 +5,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use ember_train::{fit, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig};
-use ember_transformer::{generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch};
 use burn::tensor::{Int, Tensor, TensorData};
+use ember_train::{fit, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig};
+use ember_transformer::{
+    generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch,
+};
 
 use crate::device::{with_backend, DeviceKind};
 
@@ -119,7 +121,10 @@ impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Synthetic {
         Ok(Loss::new(model.train_loss(&batch)?, batch.n_targets))
     }
 
-    fn validate(&mut self, _model: &Gpt<B::InnerBackend>) -> ember_train::Result<Vec<(String, f64)>> {
+    fn validate(
+        &mut self,
+        _model: &Gpt<B::InnerBackend>,
+    ) -> ember_train::Result<Vec<(String, f64)>> {
         Ok(Vec::new())
     }
 }
@@ -164,8 +169,13 @@ fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<
         let mut objective = Synthetic {
             rows: tokens(batch, seq + 1, config.vocab_size, 1),
         };
-        let (model, summary) = fit(model, &mut objective, &train, &RunDir::new(scratch.join(shape.name())))
-            .with_context(|| format!("training the {} shape", shape.name()))?;
+        let (model, summary) = fit(
+            model,
+            &mut objective,
+            &train,
+            &RunDir::new(scratch.join(shape.name())),
+        )
+        .with_context(|| format!("training the {} shape", shape.name()))?;
         drop(model);
         // The first two steps allocate and warm caches.
         let step = median(summary.step_seconds[2..].to_vec());
@@ -208,7 +218,14 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
             seed: 0,
         };
         // Warm-up, then the measured run.
-        generate(&model, &prompts, &GenerateConfig { max_new_tokens: 4, ..generate_config.clone() })?;
+        generate(
+            &model,
+            &prompts,
+            &GenerateConfig {
+                max_new_tokens: 4,
+                ..generate_config.clone()
+            },
+        )?;
         let started = Instant::now();
         let cached = generate(&model, &prompts, &generate_config)?;
         let cached_seconds = started.elapsed().as_secs_f64();
@@ -219,7 +236,12 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
         // breaks differently (a random model's logits are close together).
         let (mut same, mut total) = (0, 0);
         for (with, without) in cached.iter().zip(&uncached) {
-            same += with.tokens.iter().zip(without).filter(|(a, b)| a == b).count();
+            same += with
+                .tokens
+                .iter()
+                .zip(without)
+                .filter(|(a, b)| a == b)
+                .count();
             total += without.len();
         }
         let produced = (batch * new_tokens) as f64;
@@ -245,7 +267,11 @@ fn generate_uncached<B: Backend>(
     let mut produced = vec![Vec::new(); rows.len()];
     for _ in 0..new_tokens {
         let (batch, len) = (rows.len(), rows[0].len());
-        let flat = rows.iter().flatten().map(|&t| i64::from(t)).collect::<Vec<_>>();
+        let flat = rows
+            .iter()
+            .flatten()
+            .map(|&t| i64::from(t))
+            .collect::<Vec<_>>();
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, len]), device);
         let logits = model.forward(input);
         let vocab = logits.dims()[2];
