@@ -53,6 +53,9 @@ fn naive<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tenso
 
 type Attend<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>;
 
+/// An implementation's name, its inference form and its autodiff form.
+type Implementation<B> = (&'static str, Attend<B>, Attend<Autodiff<B>>);
+
 fn inputs<B: Backend>(seq: usize, head_dim: usize, device: &B::Device) -> [Tensor<B, 4>; 3] {
     let shape = [BATCH, HEADS, seq, head_dim];
     [0, 1, 2].map(|_| Tensor::random(shape, Distribution::Normal(0.0, 1.0), device))
@@ -74,7 +77,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    let impls: [(&str, Attend<B>, Attend<Autodiff<B>>); 2] = [
+    let impls: [Implementation<B>; 2] = [
         ("fused", fused::<B>, fused::<Autodiff<B>>),
         ("naive", naive::<B>, naive::<Autodiff<B>>),
     ];

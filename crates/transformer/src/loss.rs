@@ -200,9 +200,15 @@ pub fn fused_linear_cross_entropy<B: AutodiffBackend>(
     let mut grad_h = Vec::with_capacity(rows.div_ceil(chunk_rows));
     for start in (0..rows).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(rows);
-        let h_chunk = h.clone().slice([start..end]);
-        let t_chunk = targets.clone().slice([start..end]).unsqueeze_dim::<2>(1);
-        let m_chunk = mask.clone().slice([start..end]).unsqueeze_dim::<2>(1);
+        let h_chunk = h.clone().narrow(0, start, end - start);
+        let t_chunk = targets
+            .clone()
+            .narrow(0, start, end - start)
+            .unsqueeze_dim::<2>(1);
+        let m_chunk = mask
+            .clone()
+            .narrow(0, start, end - start)
+            .unsqueeze_dim::<2>(1);
         let logits = h_chunk.clone().matmul(w.clone().transpose());
         let (chunk_loss, grad_logits) = loss_and_grad(logits, t_chunk, m_chunk, scale);
         loss = loss + chunk_loss;
