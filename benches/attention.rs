@@ -13,14 +13,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation::softmax, Bool, Distribution, ElementConversion, Tensor};
-use common::{attention_flops, for_each_backend, sync};
+use common::{attention_flops, for_each_backend, new_group, sync};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const BATCH: usize = 8;
@@ -72,11 +70,7 @@ fn check<B: Backend>(device: &B::Device) {
 
 fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
     check::<B>(device);
-    let mut group = c.benchmark_group(format!("attention/{backend}"));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    let mut group = new_group(c, format!("attention/{backend}"), 2);
     let impls: [Implementation<B>; 2] = [
         ("fused", fused::<B>, fused::<Autodiff<B>>),
         ("naive", naive::<B>, naive::<Autodiff<B>>),

@@ -21,13 +21,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
-use common::{for_each_backend, mib, peak_bytes_during, sync, PeakAlloc};
+use common::{for_each_backend, mib, new_group, peak_bytes_during, sync, PeakAlloc};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ember::transformer::{fused_cross_entropy, fused_linear_cross_entropy};
 
@@ -132,11 +130,7 @@ fn memory_table() {
 }
 
 fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
-    let mut group = c.benchmark_group(format!("cross_entropy/{backend}"));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = new_group(c, format!("cross_entropy/{backend}"), 3);
     for (rows, vocab) in SHAPES {
         let size = format!("{rows}x{vocab}");
         let logits = Tensor::<B, 2>::random([rows, vocab], Distribution::Normal(0.0, 1.0), device);
@@ -173,11 +167,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Devic
     }
     group.finish();
 
-    let mut group = c.benchmark_group(format!("linear_cross_entropy/{backend}"));
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = new_group(c, format!("linear_cross_entropy/{backend}"), 3);
     for (rows, vocab) in SHAPES {
         let size = format!("{rows}x{vocab}");
         let problem = Problem::<Autodiff<B>>::new(rows, vocab, device);

@@ -5,8 +5,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use burn::tensor::backend::Backend;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
 
 /// Runs `$body` once per backend compiled in, with `B` the backend type, `$name` its name
 /// (`flex`, `wgpu`, `cuda`) and `$device` its default device.
@@ -40,6 +43,21 @@ pub(crate) use for_each_backend;
 /// not its submission (a no-op on the CPU backend, which runs eagerly).
 pub fn sync<B: Backend>(device: &B::Device) {
     B::sync(device).expect("the device runs the benchmark");
+}
+
+/// A benchmark group named `name` with the settings every bench here uses: 10 samples, half
+/// a second of warm-up, `seconds` of measurement.
+pub fn new_group<'a>(
+    c: &'a mut Criterion,
+    name: String,
+    seconds: u64,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(seconds));
+    group
 }
 
 /// Causal attention FLOPs by FlashAttention's convention: `4 · batch · heads · seq² · head_dim`
