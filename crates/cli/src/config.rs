@@ -21,6 +21,26 @@ pub enum Preset {
     Gpt2Small,
 }
 
+impl Preset {
+    /// The preset's model.
+    pub fn config(self) -> GptConfig {
+        match self {
+            Preset::Tiny => GptConfig::tiny(),
+            Preset::Small => GptConfig::small(),
+            Preset::Gpt2Small => GptConfig::gpt2_small(),
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Small => "small",
+            Preset::Gpt2Small => "gpt2-small",
+        }
+    }
+}
+
 /// The `[model]` table: a preset, with any field overridden.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,11 +72,7 @@ impl Default for ModelSection {
 impl ModelSection {
     /// The model config for a tokenizer of `vocab_size` and windows of `seq_len`.
     pub fn resolve(&self, vocab_size: usize, seq_len: usize) -> GptConfig {
-        let mut config = match self.preset {
-            Preset::Tiny => GptConfig::tiny(),
-            Preset::Small => GptConfig::small(),
-            Preset::Gpt2Small => GptConfig::gpt2_small(),
-        };
+        let mut config = self.preset.config();
         config.vocab_size = vocab_size;
         config.max_seq_len = config.max_seq_len.max(seq_len);
         if let Some(a) = self.architecture {

@@ -3,7 +3,6 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_train::{fit, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig};
@@ -11,37 +10,14 @@ use ember_transformer::{
     generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch,
 };
 
+use crate::config::Preset;
 use crate::device::{with_backend, DeviceKind};
 
-/// A model shape to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Shape {
-    /// 4 layers of width 128, context 128, vocabulary 4096; batch 16 (the PyTorch peer's tiny).
-    Tiny,
-    /// 6 layers of width 256, context 256, vocabulary 8192; batch 8 (the PyTorch peer's small).
-    Small,
-    /// GPT-2 small (124M): 12 layers of width 768, context 1024, vocabulary 50257; batch 8.
-    Gpt2Small,
-}
-
-impl Shape {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Tiny => "tiny",
-            Self::Small => "small",
-            Self::Gpt2Small => "gpt2-small",
-        }
-    }
-
-    /// The shape with `architecture`, and the batch it trains with.
-    fn config(self, architecture: Architecture) -> (GptConfig, usize) {
-        let (config, batch) = match self {
-            Self::Tiny => (GptConfig::tiny(), 16),
-            Self::Small => (GptConfig::small(), 8),
-            Self::Gpt2Small => (GptConfig::gpt2_small(), 8),
-        };
-        (config.with_architecture(architecture), batch)
-    }
+/// The preset with `architecture` (the PyTorch peer's shapes: tiny and small), and the batch
+/// it trains with (the peer's: 16 rows of tiny, 8 of the others).
+fn shape(preset: Preset, architecture: Architecture) -> (GptConfig, usize) {
+    let batch = if preset == Preset::Tiny { 16 } else { 8 };
+    (preset.config().with_architecture(architecture), batch)
 }
 
 /// Arguments of `ember bench`.
@@ -52,7 +28,7 @@ pub struct Args {
     pub device: DeviceKind,
     /// The model shapes to train, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tiny,small")]
-    pub shapes: Vec<Shape>,
+    pub shapes: Vec<Preset>,
     /// Training steps measured per shape (after two warm-up steps); the median is reported.
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
@@ -109,16 +85,17 @@ fn tokens(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Next-token loss on fixed rows.
-struct Synthetic {
-    rows: Vec<Vec<u32>>,
+/// Next-token loss on one fixed batch, uploaded once so that the steps measure training only.
+struct Synthetic<B: Backend> {
+    batch: TokenBatch<B>,
 }
 
-impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Synthetic {
+impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Synthetic<B> {
     fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
-        let device = model.devices()[0].clone();
-        let batch = TokenBatch::from_rows(&self.rows, &device)?;
-        Ok(Loss::new(model.train_loss(&batch)?, batch.n_targets))
+        Ok(Loss::new(
+            model.train_loss(&self.batch)?,
+            self.batch.n_targets,
+        ))
     }
 
     fn validate(
@@ -142,7 +119,23 @@ fn flops_per_token(config: &GptConfig) -> f64 {
 }
 
 fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
+    // The training loop's checkpoints go to a scratch folder, removed whatever happens.
     let scratch = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
+    let trained = training::<B>(args, device, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    trained?;
+    if !args.no_generation {
+        generation::<B::InnerBackend>(args, device)?;
+    }
+    Ok(())
+}
+
+/// The training-step table.
+fn training<B: AutodiffBackend>(
+    args: &Args,
+    device: &B::Device,
+    scratch: &std::path::Path,
+) -> anyhow::Result<()> {
     println!(
         "training steps ({:?}-shaped; forward, backward, global-norm clipping, AdamW), median of {}:",
         args.architecture, args.steps
@@ -151,8 +144,8 @@ fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<
         "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}",
         "shape", "params", "batch", "tokens", "step (ms)", "tokens/s", "GFLOP/s"
     );
-    for &shape in &args.shapes {
-        let (config, batch) = shape.config(args.architecture.into());
+    for &preset in &args.shapes {
+        let (config, batch) = shape(preset, args.architecture.into());
         let seq = config.max_seq_len;
         let model = config.init::<B>(device)?;
         let train = TrainConfig {
@@ -166,23 +159,24 @@ fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<
             },
             ..Default::default()
         };
+        let rows = tokens(batch, seq + 1, config.vocab_size, 1);
         let mut objective = Synthetic {
-            rows: tokens(batch, seq + 1, config.vocab_size, 1),
+            batch: TokenBatch::<B>::from_rows(&rows, device)?,
         };
         let (model, summary) = fit(
             model,
             &mut objective,
             &train,
-            &RunDir::new(scratch.join(shape.name())),
+            &RunDir::new(scratch.join(preset.name())),
         )
-        .with_context(|| format!("training the {} shape", shape.name()))?;
+        .with_context(|| format!("training the {} shape", preset.name()))?;
         drop(model);
         // The first two steps allocate and warm caches.
         let step = median(summary.step_seconds[2..].to_vec());
         let tokens_per_second = (batch * seq) as f64 / step;
         println!(
             "{:<11} {:>8.2}M {batch:>7} {:>8} {:>12.1} {:>11.0} {:>9.1}",
-            shape.name(),
+            preset.name(),
             config.num_params() as f64 / 1e6,
             batch * seq,
             step * 1e3,
@@ -190,17 +184,13 @@ fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<
             tokens_per_second * flops_per_token(&config) / 1e9
         );
     }
-    let _ = std::fs::remove_dir_all(&scratch);
-    if !args.no_generation {
-        generation::<B::InnerBackend>(args, device)?;
-    }
     Ok(())
 }
 
 /// Greedy generation with the KV cache (Ember's `generate`) and without it (the whole sequence
 /// again at every step), `small` shape, 16-token prompts.
 fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
-    let (config, _) = Shape::Small.config(args.architecture.into());
+    let (config, _) = shape(Preset::Small, args.architecture.into());
     let model = config.init::<B>(device)?;
     let new_tokens = args.new_tokens.min(config.max_seq_len - 16);
     println!("\ngeneration, small shape, 16-token prompts, {new_tokens} new tokens, greedy:");
