@@ -266,6 +266,43 @@ fn pretrain_resume_and_generate() {
         );
     }
 
+    // Sampled evaluation: three answers per prompt, each prompt's answers together, seeded.
+    let sampled = [
+        "eval",
+        "--model",
+        "sft/model",
+        "--per-family",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "1",
+        "--samples",
+        "3",
+        "--output",
+        "sampled.jsonl",
+    ];
+    let out = ember(&sampled, dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = std::fs::read_to_string(dir.join("sampled.jsonl")).unwrap();
+    let prompts = rows
+        .lines()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["prompt"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(prompts.len(), 8 * 3);
+    for answers in prompts.chunks(3) {
+        assert!(answers.iter().all(|p| *p == answers[0]), "{answers:?}");
+    }
+    assert_ne!(prompts[0], prompts[3]);
+    assert_eq!(ember(&sampled, dir).stdout, out.stdout, "seeded");
+    let greedy_samples = ember(&["eval", "--model", "sft/model", "--samples", "2"], dir);
+    assert!(!greedy_samples.status.success());
+    assert!(
+        text(&greedy_samples).contains("--temperature"),
+        "{}",
+        text(&greedy_samples)
+    );
+
     // Greedy generation is deterministic and streams the prompt and its continuation.
     let args = [
         "generate",

@@ -23,7 +23,7 @@ pub struct Args {
     /// Held-out prompts per task family.
     #[arg(long, default_value_t = 20)]
     pub per_family: usize,
-    /// Seed of the prompt draw.
+    /// Seed of the prompt draw and of the sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// New tokens per answer, at most.
@@ -32,6 +32,14 @@ pub struct Args {
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Sample the answers at this temperature instead of answering greedily (0, the
+    /// default). PPO optimises the judge's expected score at its sampling temperature: this
+    /// measures it.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Answers per prompt, with `--temperature`; the scores are averaged over all of them.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
     /// Write every prompt, answer and score to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -52,7 +60,54 @@ pub struct Scored {
     pub score: f64,
 }
 
-/// Answers `examples` greedily through the chat template and scores each with its judge.
+/// How [`score_answers`] answers: greedily, or `samples` answers per prompt at `temperature`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answering {
+    /// 0 for greedy answers, else the sampling temperature.
+    pub temperature: f32,
+    /// Answers per prompt (1 when greedy).
+    pub samples: usize,
+    /// Seed of the sampling.
+    pub seed: u64,
+}
+
+impl Answering {
+    /// One greedy answer per prompt.
+    pub const GREEDY: Answering = Answering {
+        temperature: 0.0,
+        samples: 1,
+        seed: 0,
+    };
+
+    /// Checks the settings: a temperature ≥ 0, at least one answer, one answer when greedy.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "the temperature must be 0 (greedy) or above, got {}",
+            self.temperature
+        );
+        anyhow::ensure!(self.samples >= 1, "--samples must be at least 1");
+        anyhow::ensure!(
+            self.temperature > 0.0 || self.samples == 1,
+            "greedy answers are all the same: --samples {} needs a --temperature above 0",
+            self.samples
+        );
+        Ok(())
+    }
+
+    fn sampling(&self) -> Sampling {
+        if self.temperature > 0.0 {
+            Sampling::Temperature {
+                temperature: self.temperature,
+            }
+        } else {
+            Sampling::Greedy
+        }
+    }
+}
+
+/// Answers `examples` through the chat template as `answering` says and scores each answer
+/// with its judge: `answering.samples` rows per example, in the examples' order.
 pub fn score_answers<B: Backend>(
     model: &Gpt<B>,
     template: &ChatTemplate,
@@ -60,18 +115,25 @@ pub fn score_answers<B: Backend>(
     examples: &[Example],
     max_new_tokens: usize,
     batch_size: usize,
+    answering: Answering,
 ) -> anyhow::Result<Vec<Scored>> {
+    answering.validate()?;
     let tokenizer = template.tokenizer();
     let stops = vec![template.stop_token(), tokenizer.special(Special::Eos)?];
-    let config = GenerateConfig {
+    let mut config = GenerateConfig {
         max_new_tokens,
-        sampling: Sampling::Greedy,
+        sampling: answering.sampling(),
         stop_tokens: stops.clone(),
         pad_token: tokenizer.special(Special::Pad)?,
-        seed: 0,
+        seed: answering.seed,
     };
-    let mut scored = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch_size.max(1)) {
+    let repeated = examples
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(e, answering.samples))
+        .collect::<Vec<_>>();
+    let mut scored = Vec::with_capacity(repeated.len());
+    for (batch, chunk) in repeated.chunks(batch_size.max(1)).enumerate() {
+        config.seed = answering.seed.wrapping_add(batch as u64);
         let prompts = chunk
             .iter()
             .map(|e| template.render_prompt(&Conversation::new(vec![Message::user(&e.prompt)])))
@@ -82,7 +144,7 @@ pub fn score_answers<B: Backend>(
                 .score(&example.family, &example.prompt, &output)
                 .unwrap_or(0.0);
             scored.push(Scored {
-                example: example.clone(),
+                example: (*example).clone(),
                 output,
                 score,
             });
@@ -109,6 +171,11 @@ fn eval_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
         &examples,
         args.max_new_tokens,
         args.batch_size,
+        Answering {
+            temperature: args.temperature,
+            samples: args.samples,
+            seed: args.seed,
+        },
     )?;
     let mut by_family: BTreeMap<&str, (usize, f64, usize)> = BTreeMap::new();
     for s in &scored {

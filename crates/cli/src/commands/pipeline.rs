@@ -380,6 +380,7 @@ fn evaluate_models<B: Backend>(
             &examples,
             settings.eval.max_new_tokens,
             32,
+            eval::Answering::GREEDY,
         )?;
         let mut families: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
         for s in &scored {
