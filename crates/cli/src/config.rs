@@ -156,13 +156,52 @@ where
 }
 
 /// Reads a TOML file into `T`, or `T::default()` without a file.
-pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+///
+/// The file is laid over `T::default()` key by key ([`merge`]), so a partial table keeps the
+/// defaults of `T` for the keys it leaves out: a pipeline file with only
+/// `[pretrain.tokenizer] vocab_size = 512` keeps the pipeline's 200 pretraining steps, not
+/// `ember pretrain`'s own 300.
+///
+/// # Errors
+/// A file that cannot be read, invalid TOML, an unknown key or a wrong type, with the file's
+/// name and the line.
+pub fn load<T>(path: Option<&Path>) -> anyhow::Result<T>
+where
+    T: Serialize + for<'de> Deserialize<'de> + Default,
+{
     let Some(path) = path else {
         return Ok(T::default());
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
+    let invalid = || format!("{}: invalid configuration", path.display());
+    // Syntax, unknown keys and wrong types, reported against the file's own lines.
+    toml::from_str::<T>(&text).with_context(invalid)?;
+    let given: toml::Table = toml::from_str(&text).with_context(invalid)?;
+    let toml::Value::Table(mut config) = toml::Value::try_from(T::default())? else {
+        anyhow::bail!("a configuration must serialise to a TOML table");
+    };
+    merge(&mut config, given);
+    toml::Value::Table(config).try_into().with_context(invalid)
+}
+
+/// Lays `given` over `base`: tables merge key by key and any other value replaces. A table
+/// whose `kind` differs from the base's (another variant of a tagged enum, such as the KL
+/// controller's `fixed` and `adaptive`) replaces the base's table whole, so that the old
+/// variant's fields do not leak into the new one.
+pub fn merge(base: &mut toml::Table, given: toml::Table) {
+    for (key, value) in given {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new))
+                if new.get("kind").is_none() || new.get("kind") == old.get("kind") =>
+            {
+                merge(old, new);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 /// Splits `items` into (kept, held out): every k-th item with k = round(1 / fraction), so
@@ -210,5 +249,58 @@ mod tests {
         assert_eq!(config.model.preset, Preset::Small);
         assert_eq!(config.batch, PretrainFile::default().batch);
         assert!(toml::from_str::<PretrainFile>("[train]\nstep = 7\n").is_err());
+    }
+
+    #[test]
+    fn a_partial_table_keeps_the_defaults_of_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pretrain.toml");
+        // PretrainFile's default trains 300 steps; TrainConfig's own default is different.
+        assert_ne!(TrainConfig::default().steps, 300);
+        std::fs::write(&path, "[train.optimizer]\nlr = 0.01\n").unwrap();
+        let config: PretrainFile = load(Some(&path)).unwrap();
+        assert_eq!(config.train.optimizer.lr, 0.01);
+        assert_eq!(config.train.steps, 300);
+        assert_eq!(
+            config.train.eval_every,
+            PretrainFile::default().train.eval_every
+        );
+        assert_eq!(config.tokenizer, PretrainFile::default().tokenizer);
+    }
+
+    #[test]
+    fn a_bad_file_names_itself_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[train]\nsteps = 7\n\n[batch]\nseq_len = \"long\"\n").unwrap();
+        let error = format!("{:#}", load::<PretrainFile>(Some(&path)).unwrap_err());
+        assert!(
+            error.contains("bad.toml") && error.contains("line 5"),
+            "{error}"
+        );
+        std::fs::write(&path, "[train]\nstep = 7\n").unwrap();
+        let error = format!("{:#}", load::<PretrainFile>(Some(&path)).unwrap_err());
+        assert!(error.contains("unknown field `step`"), "{error}");
+    }
+
+    #[test]
+    fn merging_keeps_untouched_keys_and_replaces_a_table_of_another_kind() {
+        let mut base: toml::Table =
+            toml::from_str("a = 1\n[t]\nx = 1\ny = 2\n[k]\nkind = \"fixed\"\nbeta = 0.1\n")
+                .unwrap();
+        let given: toml::Table =
+            toml::from_str("[t]\ny = 3\n[k]\nkind = \"adaptive\"\ntarget = 6.0\n").unwrap();
+        merge(&mut base, given);
+        let expected: toml::Table =
+            toml::from_str("a = 1\n[t]\nx = 1\ny = 3\n[k]\nkind = \"adaptive\"\ntarget = 6.0\n")
+                .unwrap();
+        assert_eq!(base, expected);
+        let mut same_kind: toml::Table =
+            toml::from_str("[k]\nkind = \"fixed\"\nbeta = 0.1\n").unwrap();
+        merge(
+            &mut same_kind,
+            toml::from_str("[k]\nkind = \"fixed\"\n").unwrap(),
+        );
+        assert_eq!(same_kind["k"]["beta"].as_float(), Some(0.1));
     }
 }

@@ -455,3 +455,28 @@ fn evaluate_models<B: Backend>(
     ember_tokenizer::write_atomically(&run.join("eval/summary.json"), json.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_file_keeps_the_pipelines_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, "[pretrain.tokenizer]\nvocab_size = 512\n").unwrap();
+        let settings: PipelineFile = config::load(Some(&path)).unwrap();
+        let defaults = PipelineFile::default();
+        assert_eq!(settings.pretrain.tokenizer.vocab_size, 512);
+        assert_eq!(settings.pretrain.train, defaults.pretrain.train);
+        assert_eq!(settings.pretrain.train.steps, 200);
+        assert_eq!(settings.sft, defaults.sft);
+        assert_eq!(
+            PipelineFile {
+                pretrain: defaults.pretrain.clone(),
+                ..settings
+            },
+            defaults
+        );
+    }
+}
