@@ -645,8 +645,38 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
     ] {
         assert!(report.contains(needle), "{needle}: {report}");
     }
-    // Eight families, one row each, in the judge table.
-    assert_eq!(report.matches("| translate |").count(), 1, "{report}");
+    // Eight families, one row each, in the greedy and the sampled judge tables.
+    assert_eq!(report.matches("| translate |").count(), 2, "{report}");
+    assert!(
+        report.contains("Sampled answers** (4 per prompt"),
+        "{report}"
+    );
+    // The sampled evaluation: per model and family a mean judge score, and the overall mean
+    // is the mean of the families' (every family has as many prompts).
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/summary.json")).unwrap())
+            .unwrap();
+    for model in ["base", "sft", "ppo"] {
+        let families = summary["judge_sampled"][model].as_object().unwrap();
+        assert_eq!(families.len(), 8, "{summary}");
+        let scores = families
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .collect::<Vec<_>>();
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+        let mean = summary["judge_sampled_mean"][model].as_f64().unwrap();
+        assert!(
+            (mean - scores.iter().sum::<f64>() / 8.0).abs() < 1e-9,
+            "{summary}"
+        );
+    }
+    let by_family = summary["reward_model_by_family"].as_object().unwrap();
+    let pairs: u64 = by_family.values().map(|v| v[1].as_u64().unwrap()).sum();
+    assert_eq!(
+        pairs,
+        summary["reward_model"][4].as_u64().unwrap(),
+        "{summary}"
+    );
     let timings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("timings.json")).unwrap()).unwrap();
     let first_ppo = timings["ppo"].as_f64().unwrap();

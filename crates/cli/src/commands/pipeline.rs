@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation, Message, OnError};
 use ember_reward::{
-    answer_row, encode_rankings, evaluate, load_reward_model, read_rankings, score_rows,
+    answer_row, encode_rankings, load_reward_model, read_rankings, score_rankings, score_rows,
+    Evaluation,
 };
 use ember_tasks::{Split, TaskSet};
 use ember_tokenizer::{Special, Tokenizer};
@@ -100,6 +101,11 @@ pub struct EvalSection {
     pub per_family: usize,
     /// New tokens per answer.
     pub max_new_tokens: usize,
+    /// Sampled answers per prompt for the judge's expected score (besides the greedy
+    /// answers); 0 leaves the sampled evaluation out.
+    pub samples: usize,
+    /// Their temperature; PPO's sampling temperature is what it optimises.
+    pub temperature: f32,
 }
 
 impl Default for EvalSection {
@@ -107,6 +113,8 @@ impl Default for EvalSection {
         Self {
             per_family: 20,
             max_new_tokens: 32,
+            samples: 4,
+            temperature: 1.0,
         }
     }
 }
@@ -356,6 +364,35 @@ pub struct Summary {
     /// The reward model on held-out rankings: pairwise accuracy, mean margin, Spearman within
     /// prompts and pooled, pairs.
     pub reward_model: (f64, f64, Option<f64>, Option<f64>, usize),
+    /// The same per task family: pairwise accuracy, pairs.
+    #[serde(default)]
+    pub reward_model_by_family: BTreeMap<String, (f64, usize)>,
+    /// Per model, per family: the judge's mean score of sampled answers (`[eval] samples`
+    /// per prompt at `[eval] temperature`); empty without a sampled evaluation.
+    #[serde(default)]
+    pub judge_sampled: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Per model: the same over every sampled answer.
+    #[serde(default)]
+    pub judge_sampled_mean: BTreeMap<String, f64>,
+    /// Sampled answers per prompt and their temperature.
+    #[serde(default)]
+    pub sampling: Option<(usize, f32)>,
+}
+
+/// Per family, the mean judge score of `scored`, and over all of them.
+fn family_means(scored: &[eval::Scored]) -> (BTreeMap<String, f64>, f64) {
+    let mut families: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for s in scored {
+        let entry = families.entry(s.example.family.clone()).or_default();
+        entry.0 += s.score;
+        entry.1 += 1;
+    }
+    let mean = scored.iter().map(|s| s.score).sum::<f64>() / scored.len().max(1) as f64;
+    let families = families
+        .into_iter()
+        .map(|(f, (total, n))| (f, total / n as f64))
+        .collect();
+    (families, mean)
 }
 
 fn evaluate_models<B: Backend>(
@@ -382,6 +419,30 @@ fn evaluate_models<B: Backend>(
             32,
             eval::Answering::GREEDY,
         )?;
+        if settings.eval.samples > 0 {
+            let sampled = eval::score_answers(
+                &model,
+                &template,
+                &tasks,
+                &examples,
+                settings.eval.max_new_tokens,
+                64,
+                eval::Answering {
+                    temperature: settings.eval.temperature,
+                    samples: settings.eval.samples,
+                    seed: 0,
+                },
+            )?;
+            let (families, mean) = family_means(&sampled);
+            summary.judge_sampled.insert(name.into(), families);
+            summary.judge_sampled_mean.insert(name.into(), mean);
+            summary.sampling = Some((settings.eval.samples, settings.eval.temperature));
+            println!(
+                "{name}: mean judge score {mean:.3} on {} sampled answers (T = {})",
+                sampled.len(),
+                settings.eval.temperature
+            );
+        }
         let mut families: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
         for s in &scored {
             let entry = families.entry(s.example.family.clone()).or_default();
@@ -443,7 +504,12 @@ fn evaluate_models<B: Backend>(
     let held = read_rankings(&run.join("rankings/heldout.jsonl"), OnError::Stop)?.rankings;
     let max_len = reward_model.trunk().config().max_seq_len;
     let (encoded, _) = encode_rankings(&template, &held, max_len)?;
-    let e = evaluate(&reward_model, &encoded, pad, 64)?;
+    let scores = score_rankings(&reward_model, &encoded, pad, 64)?;
+    summary.reward_model_by_family = reward::by_family(&held, &encoded, &scores)
+        .into_iter()
+        .map(|(family, e)| (family, (e.overall.accuracy, e.overall.pairs)))
+        .collect();
+    let e = Evaluation::new(&encoded, &scores);
     summary.reward_model = (
         e.overall.accuracy,
         e.overall.mean_margin,

@@ -169,8 +169,8 @@ pub fn write(run: &Layout) -> anyhow::Result<()> {
 
     let mut md = String::new();
     md.push_str("# Ember pipeline report\n\n");
-    md.push_str("Every stage on the built-in tasks; held-out prompts never seen in training, greedy answers, scored by the tasks' judges (1 = the answer, 0.1 = wrong but clean, 0 = empty or rambling).\n\n");
-    md.push_str("## Held-out judge score per task family\n\n| family | base | SFT | PPO | PPO − SFT |\n|---|---:|---:|---:|---:|\n");
+    md.push_str("Every stage on the built-in tasks; held-out prompts never seen in training, scored by the tasks' judges (1 = the answer, 0.1 = wrong but clean, 0 = empty or rambling).\n\n");
+    md.push_str("## Held-out judge score per task family\n\nGreedy answers, and the reward model's pairwise accuracy on the held-out rankings of the family (PPO can only follow the reward model where it is right).\n\n| family | base | SFT | PPO | PPO − SFT | reward model (pairs) |\n|---|---:|---:|---:|---:|---:|\n");
     let families = summary
         .judge
         .get("sft")
@@ -189,19 +189,65 @@ pub fn write(run: &Layout) -> anyhow::Result<()> {
             cell("sft", family),
             cell("ppo", family),
         );
+        let rm = summary
+            .reward_model_by_family
+            .get(family)
+            .map_or("–".to_string(), |(acc, pairs)| {
+                format!("{:.1}% ({pairs})", 100.0 * acc)
+            });
         md.push_str(&format!(
-            "| {family} | {b:.3} | {s:.3} | {p:.3} | {:+.3} |\n",
+            "| {family} | {b:.3} | {s:.3} | {p:.3} | {:+.3} | {rm} |\n",
             p - s
         ));
     }
     let mean = |m: &str| summary.judge_mean.get(m).copied().unwrap_or(f64::NAN);
     md.push_str(&format!(
-        "| **all** | **{:.3}** | **{:.3}** | **{:.3}** | **{:+.3}** |\n\n",
+        "| **all** | **{:.3}** | **{:.3}** | **{:.3}** | **{:+.3}** | {:.1}% ({}) |\n\n",
         mean("base"),
         mean("sft"),
         mean("ppo"),
-        mean("ppo") - mean("sft")
+        mean("ppo") - mean("sft"),
+        100.0 * summary.reward_model.0,
+        summary.reward_model.4
     ));
+    if let Some((samples, temperature)) = summary.sampling {
+        md.push_str(&format!(
+            "**Sampled answers** ({samples} per prompt at temperature {temperature}, PPO's own: the judge's expected score, which PPO optimises):\n\n| family | base | SFT | PPO | PPO − SFT |\n|---|---:|---:|---:|---:|\n"
+        ));
+        let sampled = |model: &str, family: &str| {
+            summary
+                .judge_sampled
+                .get(model)
+                .and_then(|f| f.get(family))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        for family in &families {
+            let (b, s, p) = (
+                sampled("base", family),
+                sampled("sft", family),
+                sampled("ppo", family),
+            );
+            md.push_str(&format!(
+                "| {family} | {b:.3} | {s:.3} | {p:.3} | {:+.3} |\n",
+                p - s
+            ));
+        }
+        let mean = |m: &str| {
+            summary
+                .judge_sampled_mean
+                .get(m)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        md.push_str(&format!(
+            "| **all** | **{:.3}** | **{:.3}** | **{:.3}** | **{:+.3}** |\n\n",
+            mean("base"),
+            mean("sft"),
+            mean("ppo"),
+            mean("ppo") - mean("sft")
+        ));
+    }
     let (w, t, l) = summary.ppo_vs_sft;
     let n = (w + t + l).max(1) as f64;
     md.push_str(&format!(

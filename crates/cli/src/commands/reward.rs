@@ -465,21 +465,13 @@ fn eval_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()
     }
     let scores = score_rankings(&model, &encoded, pad, 64)?;
     print_evaluation(&Evaluation::new(&encoded, &scores));
-    let mut by_family: BTreeMap<&str, (Vec<EncodedRanking>, Vec<Vec<f64>>)> = BTreeMap::new();
-    for ((ranking, encoded), scores) in rankings.iter().zip(&encoded).zip(&scores) {
-        if let Some(family) = &ranking.family {
-            let entry = by_family.entry(family).or_default();
-            entry.0.push(encoded.clone());
-            entry.1.push(scores.clone());
-        }
-    }
+    let by_family = by_family(&rankings, &encoded, &scores);
     if !by_family.is_empty() {
         println!(
             "\n{:<16} {:>7} {:>10} {:>16}",
             "family", "pairs", "accuracy", "spearman within"
         );
-        for (family, (encoded, scores)) in &by_family {
-            let e = Evaluation::new(encoded, scores);
+        for (family, e) in &by_family {
             println!(
                 "{family:<16} {:>7} {:>9.1}% {:>16}",
                 e.overall.pairs,
@@ -504,6 +496,27 @@ fn eval_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The evaluation of `scores` (the model's scores of `encoded`, the encodings of
+/// `rankings`) per task family, for the rankings that name one.
+pub fn by_family(
+    rankings: &[Ranking],
+    encoded: &[EncodedRanking],
+    scores: &[Vec<f64>],
+) -> BTreeMap<String, Evaluation> {
+    let mut groups: BTreeMap<&str, (Vec<EncodedRanking>, Vec<Vec<f64>>)> = BTreeMap::new();
+    for ((ranking, encoded), scores) in rankings.iter().zip(encoded).zip(scores) {
+        if let Some(family) = &ranking.family {
+            let entry = groups.entry(family).or_default();
+            entry.0.push(encoded.clone());
+            entry.1.push(scores.clone());
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(family, (encoded, scores))| (family.to_string(), Evaluation::new(&encoded, &scores)))
+        .collect()
 }
 
 /// Arguments of `ember reward score`.
