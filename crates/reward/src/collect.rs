@@ -1,6 +1,6 @@
 //! Collecting rankings: the SFT policy answers each prompt K times, a labeler scores the
-//! answers, and their order (with optional noise, to mimic labelers who disagree) is the
-//! ranking.
+//! answers (and an expert's answer, when there is one), and their order (with optional
+//! noise, to mimic labelers who disagree) is the ranking.
 
 use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation};
@@ -44,6 +44,30 @@ impl Default for CollectConfig {
     }
 }
 
+/// One prompt for [`collect_rankings`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectPrompt {
+    /// The conversation so far, ending with the user's turn.
+    pub prompt: Conversation,
+    /// The task family, stored with the ranking.
+    pub family: Option<String>,
+    /// An expert's answer (the SFT demonstration), ranked among the policy's own answers as
+    /// Stiennon et al. (2020) rank the human-written reference summaries among the policies'
+    /// samples; `None` ranks the policy's answers only.
+    pub demonstration: Option<String>,
+}
+
+impl CollectPrompt {
+    /// A prompt of one user message, without a family or a demonstration.
+    pub fn new(prompt: Conversation) -> Self {
+        Self {
+            prompt,
+            family: None,
+            demonstration: None,
+        }
+    }
+}
+
 /// What [`collect_rankings`] gathered.
 #[derive(Debug, Clone, Default)]
 pub struct Collected {
@@ -54,6 +78,8 @@ pub struct Collected {
     /// Empty answers dropped (the policy ended its turn at once); a prompt left with fewer
     /// than two answers is dropped too.
     pub empty_answers: usize,
+    /// Demonstrations ranked with the answers.
+    pub demonstrations: usize,
 }
 
 /// One standard normal draw (Box–Muller).
@@ -63,16 +89,17 @@ fn gaussian(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// Samples `config.k` answers to each prompt from `policy` and ranks them by `labeler(i,
-/// answer)`, the score of an answer to prompt `i` (higher is better). `families[i]`, when
-/// given, is stored with the ranking.
+/// Samples `config.k` answers to each prompt from `policy` and ranks them, with the prompt's
+/// demonstration when it has one (after the sampled answers), by `labeler(i, answer)`, the
+/// score of an answer to prompt `i` (higher is better). The prompt's family, when given, is
+/// stored with the ranking.
 ///
 /// # Errors
 /// A bad config, a prompt the template cannot render, or a generation error.
 pub fn collect_rankings<B: Backend>(
     policy: &Gpt<B>,
     template: &ChatTemplate,
-    prompts: &[(Conversation, Option<String>)],
+    prompts: &[CollectPrompt],
     config: &CollectConfig,
     mut labeler: impl FnMut(usize, &str) -> f64,
     mut on_batch: impl FnMut(usize),
@@ -86,7 +113,7 @@ pub fn collect_rankings<B: Backend>(
     let stops = vec![template.stop_token(), tokenizer.special(Special::Eos)?];
     let rows = prompts
         .iter()
-        .map(|(prompt, _)| template.render_prompt(prompt))
+        .map(|p| template.render_prompt(&p.prompt))
         .collect::<std::result::Result<Vec<_>, _>>()?
         .into_iter()
         .flat_map(|row| std::iter::repeat_n(row, config.k))
@@ -107,9 +134,15 @@ pub fn collect_rankings<B: Backend>(
     }
     let mut noise = StdRng::seed_from_u64(config.seed ^ 0x005E_ED0F_1ABE_1E25);
     let mut collected = Collected::default();
-    for (i, ((prompt, family), group)) in prompts.iter().zip(answers.chunks(config.k)).enumerate() {
+    for (i, (prompt, group)) in prompts.iter().zip(answers.chunks(config.k)).enumerate() {
         let (mut completions, mut scores, mut noisy) = (Vec::new(), Vec::new(), Vec::new());
-        for answer in group {
+        let demonstration = prompt
+            .demonstration
+            .as_ref()
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty());
+        collected.demonstrations += usize::from(demonstration.is_some());
+        for answer in group.iter().chain(demonstration.as_ref()) {
             if answer.is_empty() {
                 collected.empty_answers += 1;
                 continue;
@@ -127,13 +160,13 @@ pub fn collect_rankings<B: Backend>(
             continue;
         }
         // Ranked by the noisy labeler; the exact scores are kept for evaluation.
-        let mut ranking = Ranking::from_scores(prompt.clone(), completions, noisy)?;
+        let mut ranking = Ranking::from_scores(prompt.prompt.clone(), completions, noisy)?;
         ranking.scores = Some(scores);
         if ranking.pairs().is_empty() {
             collected.all_tied += 1;
             continue;
         }
-        ranking.family = family.clone();
+        ranking.family = prompt.family.clone();
         collected.rankings.push(ranking);
     }
     Ok(collected)

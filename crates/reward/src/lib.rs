@@ -7,7 +7,7 @@ mod loss;
 mod model;
 mod train;
 
-pub use collect::{collect_rankings, CollectConfig, Collected};
+pub use collect::{collect_rankings, CollectConfig, CollectPrompt, Collected};
 pub use data::{parse_prompt, read_rankings, write_rankings, Ranking, Rankings};
 pub use error::{Error, Result};
 pub use loss::ranking_loss;

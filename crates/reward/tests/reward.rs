@@ -9,9 +9,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation, Message, OnError, Role};
 use ember_reward::{
-    encode_rankings, evaluate, load_reward_model, read_rankings, save_reward_model, score_rows,
-    Error, Normalization, Padding, Ranking, RankingConfig, RankingObjective, RewardModel,
-    ScoreBatch,
+    collect_rankings, encode_rankings, evaluate, load_reward_model, read_rankings,
+    save_reward_model, score_rows, CollectConfig, CollectPrompt, Error, Normalization, Padding,
+    Ranking, RankingConfig, RankingObjective, RewardModel, ScoreBatch,
 };
 use ember_tokenizer::{BpeConfig, Special, Tokenizer};
 use ember_train::{fit, OptimizerConfig, RunDir, TrainConfig};
@@ -326,4 +326,49 @@ fn a_saved_reward_model_scores_the_same_after_loading() {
         load_reward_model::<Inner>(lm.path(), &device),
         Err(Error::Io { .. })
     ));
+}
+
+#[test]
+fn a_demonstration_is_ranked_among_the_sampled_answers() {
+    let template = template();
+    let device = Default::default();
+    Inner::seed(&device, 3);
+    let policy = GptConfig::new(300, 32, 2, 4, 64)
+        .init::<Inner>(&device)
+        .unwrap();
+    let prompts = ["Name an animal.", "Which pet do you like?", "Name a pet."]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| CollectPrompt {
+            prompt: Conversation::new(vec![Message::user(*p)]),
+            family: Some("pets".into()),
+            // The last prompt has none: its sampled answers alone, all tied, give no ranking.
+            demonstration: (i < 2).then(|| format!(" dog{i}. ")),
+        })
+        .collect::<Vec<_>>();
+    let config = CollectConfig {
+        k: 3,
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    // The labeler prefers the demonstrations and ties every sampled answer.
+    let collected = collect_rankings(
+        &policy,
+        &template,
+        &prompts,
+        &config,
+        |_, answer| f64::from(u8::from(answer.starts_with("dog"))),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(collected.demonstrations, 2);
+    assert_eq!(collected.rankings.len(), 2, "{collected:?}");
+    for (i, ranking) in collected.rankings.iter().enumerate() {
+        // Trimmed, after the sampled answers, and above every one of them.
+        let demo = ranking.k() - 1;
+        assert_eq!(ranking.completions[demo], format!("dog{i}."));
+        assert_eq!(ranking.tiers[0], vec![demo]);
+        assert_eq!(ranking.pairs().len(), ranking.k() - 1);
+        assert_eq!(ranking.family.as_deref(), Some("pets"));
+    }
 }

@@ -78,6 +78,10 @@ pub struct CollectSection {
     pub noise: f64,
     /// Weight of the labeler's tie-break by closeness to the reference, in [0, 0.1).
     pub closeness: f64,
+    /// Rank the expert's answer (the SFT demonstration) among the sampled ones, in the
+    /// training rankings; the held-out rankings stay the policy's answers only, which is what
+    /// PPO asks the reward model to rank.
+    pub demonstrations: bool,
 }
 
 impl Default for CollectSection {
@@ -89,6 +93,7 @@ impl Default for CollectSection {
             temperature: 1.0,
             noise: 0.0,
             closeness: 0.0,
+            demonstrations: false,
         }
     }
 }
@@ -298,6 +303,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 max_new_tokens: settings.eval.max_new_tokens,
                 noise: c.noise,
                 closeness: c.closeness,
+                demonstrations: c.demonstrations && matches!(split, reward::SplitArg::Train),
                 seed: 1,
                 device: args.device,
             }))?;

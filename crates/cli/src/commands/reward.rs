@@ -12,8 +12,8 @@ use ember_instruct::{ChatTemplate, Conversation, Message, OnError};
 use ember_reward::{
     answer_row, collect_rankings, default_head_std, encode_rankings, load_reward_model,
     read_rankings, save_reward_model, score_rankings, score_rows, write_rankings, CollectConfig,
-    EncodedRanking, Evaluation, Normalization, Ranking, RankingConfig, RankingObjective,
-    RewardModel,
+    CollectPrompt, EncodedRanking, Evaluation, Normalization, Ranking, RankingConfig,
+    RankingObjective, RewardModel,
 };
 use ember_tasks::{Split, TaskSet};
 use ember_tokenizer::{Special, Tokenizer};
@@ -93,6 +93,11 @@ pub struct CollectArgs {
     /// off (see docs/reward-model.md for what it did to a small reward model).
     #[arg(long, default_value_t = 0.0)]
     pub closeness: f64,
+    /// Rank the task's expert answer (the SFT demonstration) among the K sampled answers,
+    /// as Stiennon et al. (2020) rank human-written reference summaries among the policies'
+    /// samples: every prompt then has a right answer to compare the policy's against.
+    #[arg(long)]
+    pub demonstrations: bool,
     /// Seed of the prompts, the answers and the noise.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -134,11 +139,10 @@ fn collect_on<B: Backend>(args: &CollectArgs, device: &B::Device) -> anyhow::Res
     let examples = tasks.examples(split, args.per_family, args.seed);
     let prompts = examples
         .iter()
-        .map(|e| {
-            (
-                Conversation::new(vec![Message::user(&e.prompt)]),
-                Some(e.family.clone()),
-            )
+        .map(|e| CollectPrompt {
+            prompt: Conversation::new(vec![Message::user(&e.prompt)]),
+            family: Some(e.family.clone()),
+            demonstration: args.demonstrations.then(|| e.answer.clone()),
         })
         .collect::<Vec<_>>();
     let sampling = if args.temperature == 0.0 {
@@ -173,9 +177,14 @@ fn collect_on<B: Backend>(args: &CollectArgs, device: &B::Device) -> anyhow::Res
     progress.finish_and_clear();
     write_rankings(&args.output, &collected.rankings)?;
     println!(
-        "{} prompts × {} answers: wrote {} rankings to {} ({} left out with every answer tied, {} empty answers dropped)",
+        "{} prompts × {} answers{}: wrote {} rankings to {} ({} left out with every answer tied, {} empty answers dropped)",
         prompts.len(),
         args.k,
+        if collected.demonstrations > 0 {
+            format!(" and {} demonstrations", collected.demonstrations)
+        } else {
+            String::new()
+        },
         collected.rankings.len(),
         args.output.display(),
         collected.all_tied,
