@@ -83,6 +83,11 @@ impl ChatTemplate {
         &self.tokenizer
     }
 
+    /// The token that opens an assistant turn: a prompt ends with it, and the answer follows.
+    pub fn answer_start_token(&self) -> u32 {
+        self.markers[role_index(Role::Assistant)].0
+    }
+
     /// The token that ends an assistant turn: generation stops there.
     pub fn stop_token(&self) -> u32 {
         self.markers[role_index(Role::Assistant)].1

@@ -1,10 +1,12 @@
 //! The reward model: the transformer trunk with a scalar head, read at the last real token
-//! of prompt + answer; its normalisation; its files.
+//! of prompt + answer, plus (optionally) a learned multiple of the answer's mean
+//! log-likelihood under the trunk's own language-model head; its normalisation; its files.
 
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use ember_train::{load_model_config, load_record, save_record};
@@ -108,11 +110,21 @@ impl<B: Backend> ScoreBatch<B> {
     }
 }
 
+/// The likelihood term of a reward model: `weight ×` the mean log-probability of the answer's
+/// tokens (and the turn's end) under the trunk's language-model head. The answer is what
+/// follows the row's last `answer_start` token.
+#[derive(Module, Debug)]
+pub struct Likelihood<B: Backend> {
+    weight: Param<Tensor<B, 1>>,
+    answer_start: u32,
+}
+
 /// The transformer with a scalar head: a reward model, or a critic (PPO's value model).
 #[derive(Module, Debug)]
 pub struct RewardModel<B: Backend> {
     trunk: Gpt<B>,
     head: Linear<B>,
+    likelihood: Option<Likelihood<B>>,
 }
 
 /// The head's initial standard deviation by lm-human-preferences' rule, 1/√(d_model + 1): the
@@ -131,13 +143,51 @@ impl<B: Backend> RewardModel<B> {
             .next()
             .expect("a model lives on a device");
         let head = ember_transformer::linear(trunk.config().d_model, 1, true, head_std, &device);
-        ember_transformer::materialize(Self { trunk, head })
+        ember_transformer::materialize(Self {
+            trunk,
+            head,
+            likelihood: None,
+        })
+    }
+
+    /// The same model with a likelihood term of initial `weight`: the score adds `weight ×`
+    /// the answer's mean log-probability under the trunk's own language-model head, the
+    /// answer being the tokens after the row's last `answer_start` token (the chat template's
+    /// [`answer_start_token`](ember_instruct::ChatTemplate::answer_start_token)) up to and
+    /// with its last real token. The weight is learned with the rest.
+    ///
+    /// Initialised from the SFT model, that term alone already ranks the policy's answers
+    /// as the SFT model believes in them, which a scalar head on a small trunk learns only
+    /// from many rankings (see docs/reward-model.md).
+    pub fn with_likelihood(mut self, answer_start: u32, weight: f64) -> Self {
+        let device = self
+            .trunk
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model lives on a device");
+        self.likelihood = Some(Likelihood {
+            weight: Param::from_tensor(Tensor::from_floats([weight as f32], &device)),
+            answer_start,
+        });
+        self
+    }
+
+    /// The likelihood term's weight and answer-start token, when the model has one.
+    pub fn likelihood(&self) -> Option<(f64, u32)> {
+        self.likelihood.as_ref().map(|l| {
+            let weight = burn::tensor::ElementConversion::elem::<f64>(l.weight.val().into_scalar());
+            (weight, l.answer_start)
+        })
     }
 
     /// The same model with `normalization` folded into its head, so that it outputs the
     /// normalised score (as a critic initialised from the reward model should).
     pub fn with_normalization(mut self, normalization: Normalization) -> Self {
         let (gain, bias) = (normalization.gain, normalization.bias);
+        if let Some(likelihood) = self.likelihood.as_mut() {
+            likelihood.weight = likelihood.weight.clone().map(|w| w.mul_scalar(gain));
+        }
         self.head.weight = self.head.weight.map(|w| w.mul_scalar(gain));
         self.head.bias = self
             .head
@@ -151,7 +201,8 @@ impl<B: Backend> RewardModel<B> {
         &self.trunk
     }
 
-    /// The head's output at every token.
+    /// The head's output at every token (the likelihood term, a property of whole answers,
+    /// is left out: a critic reads this).
     ///
     /// # Shapes
     /// - `input.tokens`: `[batch, seq]` → `[batch, seq]`
@@ -173,8 +224,59 @@ impl<B: Backend> RewardModel<B> {
             .clone()
             .reshape([rows, 1, 1])
             .expand([rows, 1, d_model]);
-        let at_last = hidden.gather(1, index).reshape([rows, d_model]);
-        self.head.forward(at_last).reshape([rows])
+        let at_last = hidden.clone().gather(1, index).reshape([rows, d_model]);
+        let score = self.head.forward(at_last).reshape([rows]);
+        match &self.likelihood {
+            Some(likelihood) => {
+                let mean = self.answer_log_likelihood(hidden, batch, likelihood.answer_start);
+                score + mean * likelihood.weight.val()
+            }
+            None => score,
+        }
+    }
+
+    /// The mean log-probability of each row's answer tokens, up to and with its last real
+    /// token, under the trunk's language-model head; 0 for a row without `answer_start`.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, seq, d_model]` → `[batch]`
+    fn answer_log_likelihood(
+        &self,
+        hidden: Tensor<B, 3>,
+        batch: &ScoreBatch<B>,
+        answer_start: u32,
+    ) -> Tensor<B, 1> {
+        let tokens = batch.input.tokens.clone();
+        let [rows, seq] = tokens.dims();
+        let device = tokens.device();
+        if seq < 2 {
+            return Tensor::zeros([rows], &device);
+        }
+        // Position t predicts token t + 1.
+        let logp = log_softmax(self.trunk.logits(hidden.narrow(1, 0, seq - 1)), 2);
+        let next = tokens.clone().narrow(1, 1, seq - 1);
+        let picked = logp.gather(2, next.unsqueeze_dim(2)).reshape([rows, seq - 1]);
+        // The answer's tokens are those after the last `answer_start`, up to the last real
+        // token: predicted from positions start ..= last − 1.
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+            .reshape([1, seq])
+            .expand([rows, seq]);
+        let start = tokens
+            .equal_elem(answer_start as i64)
+            .int()
+            .mul(positions.clone().add_scalar(1))
+            .max_dim(1)
+            .sub_scalar(1);
+        let last = batch.last.clone().reshape([rows, 1]);
+        let positions = positions.narrow(1, 0, seq - 1);
+        let mask = positions
+            .clone()
+            .greater_equal(start.clone().expand([rows, seq - 1]))
+            .bool_and(positions.lower(last.expand([rows, seq - 1])))
+            .bool_and(start.greater_equal_elem(0).expand([rows, seq - 1]))
+            .float();
+        let count = mask.clone().sum_dim(1).clamp_min(1.0);
+        (picked * mask).sum_dim(1).div(count).reshape([rows])
     }
 }
 
@@ -235,6 +337,9 @@ impl Normalization {
 pub struct RewardFile {
     /// The normalisation of the raw score.
     pub normalization: Normalization,
+    /// The answer-start token of the likelihood term, when the model has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub likelihood_answer_start: Option<u32>,
 }
 
 /// Writes a reward model into `dir`: `model.json` (the trunk's config), `model.mpk` (trunk and
@@ -255,7 +360,11 @@ pub fn save_reward_model<B: Backend>(
     std::fs::rename(tmp.with_extension("mpk"), &weights).map_err(|e| Error::io(&weights, e))?;
     let config = serde_json::to_string_pretty(model.trunk().config()).expect("config serialises");
     ember_tokenizer::write_atomically(&dir.join("model.json"), config.as_bytes())?;
-    let file = serde_json::to_string_pretty(&RewardFile { normalization }).expect("serialises");
+    let file = serde_json::to_string_pretty(&RewardFile {
+        normalization,
+        likelihood_answer_start: model.likelihood().map(|(_, start)| start),
+    })
+    .expect("serialises");
     ember_tokenizer::write_atomically(&dir.join("reward.json"), file.as_bytes())?;
     Ok(())
 }
@@ -274,7 +383,10 @@ pub fn load_reward_model<B: Backend>(
     let file: RewardFile =
         serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
     let config = load_model_config(dir)?;
-    let model = RewardModel::new(config.init::<B>(device)?, default_head_std(config.d_model));
+    let mut model = RewardModel::new(config.init::<B>(device)?, default_head_std(config.d_model));
+    if let Some(start) = file.likelihood_answer_start {
+        model = model.with_likelihood(start, 0.0);
+    }
     let record = load_record::<B, _>(&dir.join("model"), device)?;
     Ok((model.load_record(record), file.normalization))
 }

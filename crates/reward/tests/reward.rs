@@ -280,13 +280,22 @@ fn training_on_rankings_learns_the_labelers_order() {
 
 #[test]
 fn a_saved_reward_model_scores_the_same_after_loading() {
+    for likelihood in [None, Some(0.7)] {
+        a_saved_reward_model_scores_the_same(likelihood);
+    }
+}
+
+fn a_saved_reward_model_scores_the_same(likelihood: Option<f64>) {
     let template = template();
     let pad = template.tokenizer().special(Special::Pad).unwrap();
     let device = Default::default();
     let trunk = GptConfig::new(300, 32, 2, 4, 64)
         .init::<Inner>(&device)
         .unwrap();
-    let model = RewardModel::new(trunk, 0.5);
+    let mut model = RewardModel::new(trunk, 0.5);
+    if let Some(weight) = likelihood {
+        model = model.with_likelihood(template.answer_start_token(), weight);
+    }
     let (encoded, _) = encode_rankings(&template, &pet_rankings(0..2), 64).unwrap();
     let rows = encoded
         .iter()
@@ -298,6 +307,11 @@ fn a_saved_reward_model_scores_the_same_after_loading() {
     save_reward_model(&model, normalization, dir.path()).unwrap();
     let (loaded, stored) = load_reward_model::<Inner>(dir.path(), &device).unwrap();
     assert_eq!(stored, normalization);
+    assert_eq!(loaded.likelihood(), model.likelihood());
+    assert_eq!(
+        loaded.likelihood().map(|(w, _)| (w - 0.7).abs() < 1e-6),
+        likelihood.map(|_| true)
+    );
     let after = score_rows(&loaded, &rows, pad, 4).unwrap();
     assert_eq!(before, after);
     // The normalisation gives the scores it was fitted on mean 0 and std 1.
@@ -370,5 +384,70 @@ fn a_demonstration_is_ranked_among_the_sampled_answers() {
         assert_eq!(ranking.tiers[0], vec![demo]);
         assert_eq!(ranking.pairs().len(), ranking.k() - 1);
         assert_eq!(ranking.family.as_deref(), Some("pets"));
+    }
+}
+
+#[test]
+fn the_likelihood_term_is_its_weight_times_the_answers_mean_log_probability() {
+    let template = template();
+    let pad = template.tokenizer().special(Special::Pad).unwrap();
+    let device = Default::default();
+    Inner::seed(&device, 9);
+    let trunk = GptConfig::new(300, 32, 2, 4, 64)
+        .init::<Inner>(&device)
+        .unwrap();
+    let plain = RewardModel::new(trunk.clone(), 0.5);
+    let weight = 1.5;
+    let with = plain
+        .clone()
+        .with_likelihood(template.answer_start_token(), weight);
+    let prompt = Conversation::new(vec![Message::user("Which pet do you like?")]);
+    let prompt_len = template.render_prompt(&prompt).unwrap().len();
+    let rows = ["The cat.", "dog", "The dog barks, the cat sleeps."]
+        .iter()
+        .map(|a| ember_reward::answer_row(&template, &prompt, a).unwrap())
+        .collect::<Vec<_>>();
+    // Independently: the trunk's logits of each row alone, a log-softmax in f64, the answer's
+    // tokens and the turn's end (positions prompt_len.. of the row) averaged.
+    let expected = rows
+        .iter()
+        .map(|row| {
+            let n = row.len();
+            let tokens = burn::tensor::Tensor::<Inner, 2, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(row.iter().map(|&t| i64::from(t)).collect(), [1, n]),
+                &device,
+            );
+            let logits = trunk.forward(tokens).into_data().to_vec::<f32>().unwrap();
+            let vocab = logits.len() / n;
+            let mut total = 0.0;
+            for target in prompt_len..n {
+                let at = &logits[(target - 1) * vocab..target * vocab];
+                let max = at.iter().fold(f64::MIN, |m, &x| m.max(f64::from(x)));
+                let lse = max + at.iter().map(|&x| (f64::from(x) - max).exp()).sum::<f64>().ln();
+                total += f64::from(at[row[target] as usize]) - lse;
+            }
+            total / (n - prompt_len) as f64
+        })
+        .collect::<Vec<_>>();
+    assert!(expected.iter().all(|&l| l < -1.0), "{expected:?}");
+    for padding in [Padding::Right, Padding::Left] {
+        let batch = ScoreBatch::new(&rows, pad, padding, 4, &device).unwrap();
+        let (a, b) = (scores(&plain, &batch), scores(&with, &batch));
+        for ((a, b), l) in a.iter().zip(&b).zip(&expected) {
+            let term = f64::from(b - a);
+            assert!((term - weight * l).abs() < 1e-3, "{padding:?}: {term} vs {}", weight * l);
+        }
+    }
+    // A row without the answer-start token has no answer: the term is 0.
+    let bare = vec![vec![150, 151, 152, 153]];
+    assert!(!bare[0].contains(&template.answer_start_token()));
+    let batch = ScoreBatch::new(&bare, pad, Padding::Right, 4, &device).unwrap();
+    assert!((scores(&plain, &batch)[0] - scores(&with, &batch)[0]).abs() < 1e-6);
+    // The weight folds the normalisation's gain in too.
+    let normalization = Normalization { gain: 2.0, bias: -0.5 };
+    let batch = ScoreBatch::new(&rows, pad, Padding::Right, 4, &device).unwrap();
+    let folded = scores(&with.clone().with_normalization(normalization), &batch);
+    for (f, r) in folded.iter().zip(scores(&with, &batch)) {
+        assert!((f64::from(*f) - normalization.apply(f64::from(r))).abs() < 1e-4);
     }
 }

@@ -215,6 +215,11 @@ pub struct RewardTrainFile {
     pub head_std: Option<f64>,
     /// The normalisation fitted on the training answers (the SFT policy's samples).
     pub normalize: Normalize,
+    /// Add a learned multiple of the answer's mean log-likelihood under the trunk's own
+    /// language-model head to the score (see docs/reward-model.md).
+    pub likelihood: bool,
+    /// The initial weight of that term.
+    pub likelihood_weight: f64,
     /// Prompts per batch, margin, seed.
     pub batch: RankingConfig,
     /// The loop.
@@ -235,6 +240,8 @@ impl Default for RewardTrainFile {
             val_fraction: 0.1,
             head_std: None,
             normalize: Normalize::MeanStd,
+            likelihood: false,
+            likelihood_weight: 1.0,
             batch: RankingConfig::default(),
             train,
         }
@@ -389,7 +396,10 @@ fn train_on<B: AutodiffBackend>(
     let head_std = settings
         .head_std
         .unwrap_or_else(|| default_head_std(trunk.config().d_model));
-    let model = RewardModel::new(trunk, head_std);
+    let mut model = RewardModel::new(trunk, head_std);
+    if settings.likelihood {
+        model = model.with_likelihood(template.answer_start_token(), settings.likelihood_weight);
+    }
     let mut objective =
         RankingObjective::<B>::new(train, val, pad, settings.batch.clone(), device)?;
     let (model, summary) = fit(
@@ -417,6 +427,9 @@ fn train_on<B: AutodiffBackend>(
         normalization.gain,
         normalization.bias
     );
+    if let Some((weight, _)) = model.likelihood() {
+        println!("likelihood term: raw score = head + {weight:.4} × mean log-probability of the answer");
+    }
     if !objective.val().is_empty() {
         let scores = score_rankings(&model, objective.val(), pad, settings.batch.eval_batch_size)?;
         println!("held-out rankings (raw scores):");
