@@ -11,7 +11,8 @@ fn main() {
     let model_dir = std::path::Path::new(&args[1]);
     let data = std::path::Path::new(&args[2]);
     let device = Default::default();
-    let template = ChatTemplate::new(Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap()).unwrap();
+    let template =
+        ChatTemplate::new(Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap()).unwrap();
     let model = load_model::<Flex>(model_dir, &device).unwrap();
     let rankings = read_rankings(data, OnError::Stop).unwrap().rankings;
     let mut stats: std::collections::BTreeMap<String, [(usize, usize); 2]> = Default::default();
@@ -23,7 +24,10 @@ fn main() {
             row.extend(template.tokenizer().encode(c).unwrap());
             row.push(template.stop_token());
             let n = row.len();
-            let t = Tensor::<Flex, 2, Int>::from_data(TensorData::new(row.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]), &device);
+            let t = Tensor::<Flex, 2, Int>::from_data(
+                TensorData::new(row.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
+                &device,
+            );
             let (lp, _) = ember_ppo::token_logprobs(&model, t, 1.0);
             let lp = lp.into_data().to_vec::<f32>().unwrap();
             let answer = &lp[prompt.len() - 1..];
@@ -35,14 +39,28 @@ fn main() {
         for (b, w) in r.pairs() {
             for k in 0..2 {
                 e[k].1 += 1;
-                if feats[b][k] > feats[w][k] { e[k].0 += 1; }
+                if feats[b][k] > feats[w][k] {
+                    e[k].0 += 1;
+                }
             }
         }
     }
     let mut tot = [(0, 0); 2];
     for (f, e) in &stats {
-        println!("{f:<14} sum {:.3} mean {:.3} ({} pairs)", e[0].0 as f64 / e[0].1 as f64, e[1].0 as f64 / e[1].1 as f64, e[0].1);
-        for k in 0..2 { tot[k].0 += e[k].0; tot[k].1 += e[k].1; }
+        println!(
+            "{f:<14} sum {:.3} mean {:.3} ({} pairs)",
+            e[0].0 as f64 / e[0].1 as f64,
+            e[1].0 as f64 / e[1].1 as f64,
+            e[0].1
+        );
+        for k in 0..2 {
+            tot[k].0 += e[k].0;
+            tot[k].1 += e[k].1;
+        }
     }
-    println!("all sum {:.3} mean {:.3}", tot[0].0 as f64 / tot[0].1 as f64, tot[1].0 as f64 / tot[1].1 as f64);
+    println!(
+        "all sum {:.3} mean {:.3}",
+        tot[0].0 as f64 / tot[0].1 as f64,
+        tot[1].0 as f64 / tot[1].1 as f64
+    );
 }

@@ -255,7 +255,9 @@ impl<B: Backend> RewardModel<B> {
         // Position t predicts token t + 1.
         let logp = log_softmax(self.trunk.logits(hidden.narrow(1, 0, seq - 1)), 2);
         let next = tokens.clone().narrow(1, 1, seq - 1);
-        let picked = logp.gather(2, next.unsqueeze_dim(2)).reshape([rows, seq - 1]);
+        let picked = logp
+            .gather(2, next.unsqueeze_dim(2))
+            .reshape([rows, seq - 1]);
         // The answer's tokens are those after the last `answer_start`, up to the last real
         // token: predicted from positions start ..= last − 1.
         let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)

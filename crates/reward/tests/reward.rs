@@ -423,7 +423,11 @@ fn the_likelihood_term_is_its_weight_times_the_answers_mean_log_probability() {
             for target in prompt_len..n {
                 let at = &logits[(target - 1) * vocab..target * vocab];
                 let max = at.iter().fold(f64::MIN, |m, &x| m.max(f64::from(x)));
-                let lse = max + at.iter().map(|&x| (f64::from(x) - max).exp()).sum::<f64>().ln();
+                let lse = max
+                    + at.iter()
+                        .map(|&x| (f64::from(x) - max).exp())
+                        .sum::<f64>()
+                        .ln();
                 total += f64::from(at[row[target] as usize]) - lse;
             }
             total / (n - prompt_len) as f64
@@ -435,7 +439,11 @@ fn the_likelihood_term_is_its_weight_times_the_answers_mean_log_probability() {
         let (a, b) = (scores(&plain, &batch), scores(&with, &batch));
         for ((a, b), l) in a.iter().zip(&b).zip(&expected) {
             let term = f64::from(b - a);
-            assert!((term - weight * l).abs() < 1e-3, "{padding:?}: {term} vs {}", weight * l);
+            assert!(
+                (term - weight * l).abs() < 1e-3,
+                "{padding:?}: {term} vs {}",
+                weight * l
+            );
         }
     }
     // A row without the answer-start token has no answer: the term is 0.
@@ -444,7 +452,10 @@ fn the_likelihood_term_is_its_weight_times_the_answers_mean_log_probability() {
     let batch = ScoreBatch::new(&bare, pad, Padding::Right, 4, &device).unwrap();
     assert!((scores(&plain, &batch)[0] - scores(&with, &batch)[0]).abs() < 1e-6);
     // The weight folds the normalisation's gain in too.
-    let normalization = Normalization { gain: 2.0, bias: -0.5 };
+    let normalization = Normalization {
+        gain: 2.0,
+        bias: -0.5,
+    };
     let batch = ScoreBatch::new(&rows, pad, Padding::Right, 4, &device).unwrap();
     let folded = scores(&with.clone().with_normalization(normalization), &batch);
     for (f, r) in folded.iter().zip(scores(&with, &batch)) {

@@ -187,7 +187,11 @@ pub fn write_shards(
     for (file_index, (file, text)) in files.iter().zip(&texts).enumerate() {
         let file_blocks = blocks(text, config.block_bytes);
         let n = file_blocks.len();
-        let name = file.to_string_lossy();
+        // The file's name, not its path: the same corpus splits the same wherever it lives
+        // (each pipeline run writes its own copy into its own folder).
+        let name = file
+            .file_name()
+            .map_or_else(|| file.to_string_lossy(), |n| n.to_string_lossy());
         for (i, block) in file_blocks.into_iter().enumerate() {
             let hash = fnv1a(&[
                 &config.seed.to_le_bytes(),
@@ -423,6 +427,17 @@ mod tests {
                 .count()
         };
         assert_eq!(count("train.bin") + count("val.bin"), 2);
+        // A copy of the corpus in another folder splits the same.
+        let copy = dir.path().join("elsewhere/corpus");
+        std::fs::create_dir_all(&copy).unwrap();
+        for name in ["a.txt", "b.txt"] {
+            std::fs::copy(corpus.join(name), copy.join(name)).unwrap();
+        }
+        write_shards(&tok, &[copy], &dir.path().join("s3"), &config).unwrap();
+        assert_eq!(
+            train,
+            std::fs::read(dir.path().join("s3/train.bin")).unwrap()
+        );
     }
 
     #[test]

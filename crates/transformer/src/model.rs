@@ -135,6 +135,23 @@ impl<B: Backend> Gpt<B> {
         self.final_norm.forward(x)
     }
 
+    /// The same model with only its top `n` blocks and the final norm left to train: the
+    /// embeddings (and with them the tied language-model head) and the lower blocks no longer
+    /// require gradients, so no optimiser moves them. `n` ≥ the number of blocks freezes only
+    /// the embeddings.
+    pub fn train_top_blocks(mut self, n: usize) -> Self {
+        let frozen = self.blocks.len().saturating_sub(n);
+        self.token_embedding = self.token_embedding.no_grad();
+        self.position_embedding = self.position_embedding.map(Module::no_grad);
+        self.blocks = self
+            .blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, block)| if i < frozen { block.no_grad() } else { block })
+            .collect();
+        self
+    }
+
     /// The tied language-model head: hidden states times the token embedding's transpose.
     ///
     /// # Shapes

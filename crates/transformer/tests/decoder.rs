@@ -146,6 +146,71 @@ fn param_grads<B: AutodiffBackend>(model: &Gpt<B>, loss: Tensor<B, 1>) -> (f32, 
     (values(loss)[0], visitor.out)
 }
 
+/// Which parameters got a gradient, in the module's order.
+struct HasGrad<'a, B: AutodiffBackend> {
+    grads: &'a <B as AutodiffBackend>::Gradients,
+    out: Vec<bool>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for HasGrad<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out.push(param.val().grad(self.grads).is_some());
+    }
+}
+
+/// `train_top_blocks(n)` leaves gradients to the top `n` blocks and the final norm only, and
+/// changes no output.
+fn check_train_top_blocks<B: AutodiffBackend>(device: &B::Device) {
+    for architecture in ARCHITECTURES {
+        let rows = vec![sequence(21)];
+        let batch = TokenBatch::<B>::from_rows(&rows, device).unwrap();
+        let trained = |n: Option<usize>| {
+            let model = model::<B>(architecture, device);
+            let model = match n {
+                Some(n) => model.train_top_blocks(n),
+                None => model,
+            };
+            let loss = model.loss(&batch).unwrap();
+            let value = values(loss.clone())[0];
+            let grads = loss.backward();
+            let mut visitor = HasGrad::<B> {
+                grads: &grads,
+                out: Vec::new(),
+            };
+            model.visit(&mut visitor);
+            (
+                value,
+                visitor.out.iter().filter(|&&g| g).count(),
+                visitor.out.len(),
+            )
+        };
+        let (loss, all, params) = trained(None);
+        assert_eq!(
+            all, params,
+            "{architecture:?}: every parameter trains by default"
+        );
+        // Llama: token embedding, RMSNorm's weight; GPT-2: token and position embeddings,
+        // LayerNorm's weight and bias.
+        let (embeddings, final_norm) = match architecture {
+            Architecture::Llama => (1, 1),
+            Architecture::Gpt2 => (2, 2),
+        };
+        let (norm_loss, norm, _) = trained(Some(0));
+        assert_eq!(
+            norm_loss, loss,
+            "{architecture:?}: freezing changes no output"
+        );
+        assert_eq!(
+            norm, final_norm,
+            "{architecture:?}: the final norm alone trains"
+        );
+        let block = (params - embeddings - norm) / 2;
+        assert_eq!(trained(Some(1)).1, norm + block, "{architecture:?}");
+        assert_eq!(trained(Some(2)).1, params - embeddings, "{architecture:?}");
+        assert_eq!(trained(Some(9)).1, params - embeddings, "{architecture:?}");
+    }
+}
+
 /// The fused training loss is the plain loss: same value, same gradient for every parameter.
 fn check_train_loss_equals_loss<B: AutodiffBackend>(device: &B::Device) {
     for architecture in ARCHITECTURES {
@@ -181,6 +246,11 @@ mod cpu {
     #[test]
     fn train_loss_equals_loss() {
         check_train_loss_equals_loss::<burn::backend::Autodiff<B>>(&Default::default());
+    }
+
+    #[test]
+    fn train_top_blocks() {
+        check_train_top_blocks::<burn::backend::Autodiff<B>>(&Default::default());
     }
 
     #[test]

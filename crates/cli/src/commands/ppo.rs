@@ -45,6 +45,10 @@ pub struct PpoFile {
     pub checkpoint_every: usize,
     /// Where the critic starts.
     pub critic: CriticInit,
+    /// Train only the policy's top this many blocks and its final norm (the embeddings, the
+    /// tied language-model head and the lower blocks stay the SFT model's); all of it when
+    /// left out.
+    pub train_top_blocks: Option<usize>,
     /// PPO itself.
     pub ppo: PpoConfig,
     /// The optimiser of policy and critic (constant rate by default, no weight decay).
@@ -65,6 +69,7 @@ impl Default for PpoFile {
             // the least noise to the advantages; the reward model's head, read at every
             // token, is a poor value function at first (explained variance below 0).
             critic: CriticInit::Zero,
+            train_top_blocks: None,
             ppo: PpoConfig {
                 lambda: 1.0,
                 ..PpoConfig::default()
@@ -223,6 +228,10 @@ fn train<B: AutodiffBackend>(
     let policy = load_model::<B>(&args.policy, device)
         .with_context(|| format!("loading the policy in {}", args.policy.display()))?;
     let reference = policy.valid();
+    let policy = match settings.train_top_blocks {
+        Some(n) => policy.train_top_blocks(n),
+        None => policy,
+    };
     let (reward, normalization) = load_reward_model::<B::InnerBackend>(&args.reward, device)
         .with_context(|| format!("loading the reward model in {}", args.reward.display()))?;
     let critic = match settings.critic {

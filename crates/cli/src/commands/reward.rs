@@ -428,7 +428,9 @@ fn train_on<B: AutodiffBackend>(
         normalization.bias
     );
     if let Some((weight, _)) = model.likelihood() {
-        println!("likelihood term: raw score = head + {weight:.4} × mean log-probability of the answer");
+        println!(
+            "likelihood term: raw score = head + {weight:.4} × mean log-probability of the answer"
+        );
     }
     if !objective.val().is_empty() {
         let scores = score_rankings(&model, objective.val(), pad, settings.batch.eval_batch_size)?;
