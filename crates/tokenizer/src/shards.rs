@@ -208,9 +208,10 @@ pub fn write_shards(
         }
     }
     if config.val_fraction > 0.0 && !pieces.iter().any(|p| p.3) {
-        // A small corpus may draw no validation block: hold out the last one.
-        if let Some(last) = pieces.last_mut() {
-            last.3 = true;
+        // A small corpus may draw no validation block: hold out its largest (not a file's
+        // trailing fragment, which may not fill one window).
+        if let Some(largest) = pieces.iter_mut().max_by_key(|p| p.1.len()) {
+            largest.3 = true;
         }
     }
     if pieces.iter().all(|p| p.3) {
@@ -438,6 +439,32 @@ mod tests {
             train,
             std::fs::read(dir.path().join("s3/train.bin")).unwrap()
         );
+    }
+
+    #[test]
+    fn a_corpus_that_draws_no_validation_block_holds_out_its_largest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("small.txt");
+        let line = "to be or not to be, that is the question\n";
+        // Five blocks of about 256 bytes and a trailing fragment of one line.
+        let text = line.repeat(31);
+        std::fs::write(&file, &text).unwrap();
+        let config = ShardConfig {
+            val_fraction: 1e-12,
+            block_bytes: 256,
+            seed: 0,
+        };
+        let stats = write_shards(
+            &tokenizer(),
+            std::slice::from_ref(&file),
+            &dir.path().join("s"),
+            &config,
+        )
+        .unwrap();
+        let largest = blocks(&text, 256).iter().map(|b| b.len()).max().unwrap();
+        assert!(largest > 2 * line.len());
+        assert_eq!(stats.val_bytes, largest as u64);
+        assert_eq!(stats.train_bytes + stats.val_bytes, text.len() as u64);
     }
 
     #[test]

@@ -132,7 +132,8 @@ pub struct Args {
     #[arg(long)]
     pub ptx_shards: Option<PathBuf>,
     /// A TOML file: `iterations`, `prompts_per_family`, `eval_per_family`, `eval_every`,
-    /// `checkpoint_every`, `critic` (reward | zero), `[ppo]`, `[optimizer]`, `[ptx_batch]`.
+    /// `checkpoint_every`, `critic` (reward | zero), `train_top_blocks`, `[ppo]`,
+    /// `[optimizer]`, `[ptx_batch]`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Override the number of rollout batches.

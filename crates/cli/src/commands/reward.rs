@@ -264,6 +264,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "runs/reward")]
     pub run: PathBuf,
     /// A TOML file with `val_fraction`, `head_std`, `normalize` (none | mean | mean_std),
+    /// `likelihood` (add the answer's mean log-likelihood term), `likelihood_weight`,
     /// `[batch]` and `[train]` tables.
     #[arg(long)]
     pub config: Option<PathBuf>,
