@@ -57,17 +57,6 @@ pub struct CollectPrompt {
     pub demonstration: Option<String>,
 }
 
-impl CollectPrompt {
-    /// A prompt of one user message, without a family or a demonstration.
-    pub fn new(prompt: Conversation) -> Self {
-        Self {
-            prompt,
-            family: None,
-            demonstration: None,
-        }
-    }
-}
-
 /// What [`collect_rankings`] gathered.
 #[derive(Debug, Clone, Default)]
 pub struct Collected {

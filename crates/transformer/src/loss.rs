@@ -270,6 +270,13 @@ mod tests {
                 Tensor::<A, 2>::from_inner(weight_data.clone()).require_grad(),
             )
         };
+        let grad = |leaf: Tensor<A, 2>, grads: &<A as AutodiffBackend>::Gradients| {
+            leaf.grad(grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
         // Naive: the whole logits tensor, log-softmax, masked mean.
         let (hidden, weight) = leaves();
         let logits = hidden.clone().matmul(weight.clone().transpose());
@@ -277,18 +284,8 @@ mod tests {
         let naive = (picked.reshape([rows]) * mask.clone()).sum().neg() / 8.0;
         let grads = naive.backward();
         let naive_value = naive.into_scalar();
-        let naive_h = hidden
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let naive_w = weight
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let naive_h = grad(hidden, &grads);
+        let naive_w = grad(weight, &grads);
         for chunk in [1, 3, 10, 64] {
             let (hidden, weight) = leaves();
             let fused = fused_linear_cross_entropy(
@@ -306,18 +303,8 @@ mod tests {
                 (value - naive_value).abs() < 1e-5,
                 "{value} vs {naive_value}"
             );
-            let fused_h = hidden
-                .grad(&grads)
-                .unwrap()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let fused_w = weight
-                .grad(&grads)
-                .unwrap()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
+            let fused_h = grad(hidden, &grads);
+            let fused_w = grad(weight, &grads);
             for (a, b) in fused_h
                 .iter()
                 .zip(&naive_h)

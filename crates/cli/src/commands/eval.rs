@@ -153,6 +153,34 @@ pub fn score_answers<B: Backend>(
     Ok(scored)
 }
 
+/// The judge's scores of one task family's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct FamilyScore {
+    /// The mean score.
+    pub mean: f64,
+    /// The share of answers scored 1 (right).
+    pub accuracy: f64,
+    /// Answers scored.
+    pub n: usize,
+}
+
+/// Per task family, the judge's scores of `scored`; and the mean score over all of them.
+pub fn by_family(scored: &[Scored]) -> (BTreeMap<String, FamilyScore>, f64) {
+    let mut families: BTreeMap<String, FamilyScore> = BTreeMap::new();
+    for s in scored {
+        let entry = families.entry(s.example.family.clone()).or_default();
+        entry.mean += s.score;
+        entry.accuracy += f64::from(u8::from(s.score >= 1.0));
+        entry.n += 1;
+    }
+    for entry in families.values_mut() {
+        entry.mean /= entry.n as f64;
+        entry.accuracy /= entry.n as f64;
+    }
+    let mean = scored.iter().map(|s| s.score).sum::<f64>() / scored.len().max(1) as f64;
+    (families, mean)
+}
+
 /// Runs `ember eval`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     with_backend!(args.device, |B, AD, device| eval_on::<B>(&args, &device))
@@ -177,25 +205,19 @@ fn eval_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
             seed: args.seed,
         },
     )?;
-    let mut by_family: BTreeMap<&str, (usize, f64, usize)> = BTreeMap::new();
-    for s in &scored {
-        let entry = by_family.entry(s.example.family.as_str()).or_default();
-        entry.0 += 1;
-        entry.1 += s.score;
-        entry.2 += usize::from(s.score >= 1.0);
-    }
+    let (families, mean) = by_family(&scored);
     println!(
         "{:<16} {:>5} {:>12} {:>10}",
         "family", "n", "mean score", "accuracy"
     );
-    for (family, (n, total, correct)) in &by_family {
+    for (family, s) in &families {
         println!(
-            "{family:<16} {n:>5} {:>12.3} {:>9.1}%",
-            total / *n as f64,
-            100.0 * *correct as f64 / *n as f64
+            "{family:<16} {:>5} {:>12.3} {:>9.1}%",
+            s.n,
+            s.mean,
+            100.0 * s.accuracy
         );
     }
-    let mean = scored.iter().map(|s| s.score).sum::<f64>() / scored.len().max(1) as f64;
     println!("{:<16} {:>5} {mean:>12.3}", "all", scored.len());
     if let Some(path) = &args.output {
         let lines = scored

@@ -367,8 +367,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The held-out evaluation of every stage's model, as the report reads it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
-    /// Per model (`base`, `sft`, `ppo`), per family: (mean judge score, accuracy, n).
-    pub judge: BTreeMap<String, BTreeMap<String, (f64, f64, usize)>>,
+    /// Per model (`base`, `sft`, `ppo`), per family: the judge's scores.
+    pub judge: BTreeMap<String, BTreeMap<String, eval::FamilyScore>>,
     /// Per model: the mean judge score over every held-out prompt.
     pub judge_mean: BTreeMap<String, f64>,
     /// Per model (`sft`, `ppo`): the reward model's mean normalised score of its answers.
@@ -393,22 +393,6 @@ pub struct Summary {
     pub sampling: Option<(usize, f32)>,
 }
 
-/// Per family, the mean judge score of `scored`, and over all of them.
-fn family_means(scored: &[eval::Scored]) -> (BTreeMap<String, f64>, f64) {
-    let mut families: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for s in scored {
-        let entry = families.entry(s.example.family.clone()).or_default();
-        entry.0 += s.score;
-        entry.1 += 1;
-    }
-    let mean = scored.iter().map(|s| s.score).sum::<f64>() / scored.len().max(1) as f64;
-    let families = families
-        .into_iter()
-        .map(|(f, (total, n))| (f, total / n as f64))
-        .collect();
-    (families, mean)
-}
-
 fn evaluate_models<B: Backend>(
     run: &Layout,
     settings: &PipelineFile,
@@ -420,7 +404,11 @@ fn evaluate_models<B: Backend>(
     let tasks = TaskSet::builtin();
     let examples = tasks.examples(Split::HeldOut, settings.eval.per_family, 0);
     let (reward_model, normalization) = load_reward_model::<B>(&run.join("reward/model"), device)?;
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        sampling: (settings.eval.samples > 0)
+            .then_some((settings.eval.samples, settings.eval.temperature)),
+        ..Default::default()
+    };
     let mut by_model = BTreeMap::new();
     for name in ["base", "sft", "ppo"] {
         let model = load_model::<B>(&run.join(&format!("{name}/model")), device)?;
@@ -447,28 +435,17 @@ fn evaluate_models<B: Backend>(
                     seed: 0,
                 },
             )?;
-            let (families, mean) = family_means(&sampled);
-            summary.judge_sampled.insert(name.into(), families);
+            let (families, mean) = eval::by_family(&sampled);
+            let means = families.into_iter().map(|(f, s)| (f, s.mean)).collect();
+            summary.judge_sampled.insert(name.into(), means);
             summary.judge_sampled_mean.insert(name.into(), mean);
-            summary.sampling = Some((settings.eval.samples, settings.eval.temperature));
             println!(
                 "{name}: mean judge score {mean:.3} on {} sampled answers (T = {})",
                 sampled.len(),
                 settings.eval.temperature
             );
         }
-        let mut families: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
-        for s in &scored {
-            let entry = families.entry(s.example.family.clone()).or_default();
-            entry.0 += s.score;
-            entry.1 += f64::from(u8::from(s.score >= 1.0));
-            entry.2 += 1;
-        }
-        for entry in families.values_mut() {
-            entry.0 /= entry.2 as f64;
-            entry.1 /= entry.2 as f64;
-        }
-        let mean = scored.iter().map(|s| s.score).sum::<f64>() / scored.len().max(1) as f64;
+        let (families, mean) = eval::by_family(&scored);
         summary.judge.insert(name.into(), families);
         summary.judge_mean.insert(name.into(), mean);
         let rows = scored

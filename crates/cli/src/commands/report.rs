@@ -181,7 +181,7 @@ pub fn write(run: &Layout) -> anyhow::Result<()> {
             .judge
             .get(model)
             .and_then(|f| f.get(family))
-            .map_or(f64::NAN, |e| e.0)
+            .map_or(f64::NAN, |e| e.mean)
     };
     for family in &families {
         let (b, s, p) = (
