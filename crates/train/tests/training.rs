@@ -164,10 +164,11 @@ fn resuming_reproduces_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let shards = write_corpus(dir.path());
     let device = Default::default();
-    let fresh = || {
-        B::seed(&device, 5);
-        tiny_config(300).init::<B>(&device).unwrap()
-    };
+    // One initialisation, cloned: the backend's seeded generator is global, and tests on other
+    // threads draw from it between a seed and an init.
+    B::seed(&device, 5);
+    let initial = tiny_config(300).init::<B>(&device).unwrap();
+    let fresh = || initial.clone();
     let config = TrainConfig {
         grad_accumulation: 2,
         ..quiet(8)

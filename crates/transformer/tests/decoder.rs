@@ -164,8 +164,11 @@ fn check_train_top_blocks<B: AutodiffBackend>(device: &B::Device) {
     for architecture in ARCHITECTURES {
         let rows = vec![sequence(21)];
         let batch = TokenBatch::<B>::from_rows(&rows, device).unwrap();
+        // One initialisation, cloned: the backend's seeded generator is global, and tests on
+        // other threads draw from it between a seed and an init.
+        let base = model::<B>(architecture, device);
         let trained = |n: Option<usize>| {
-            let model = model::<B>(architecture, device);
+            let model = base.clone();
             let model = match n {
                 Some(n) => model.train_top_blocks(n),
                 None => model,
