@@ -330,8 +330,14 @@ fn a_saved_reward_model_scores_the_same(likelihood: Option<f64>) {
         4,
     )
     .unwrap();
+    // The head's f32 rounding is scaled by the gain (large when the raw scores barely vary).
+    let tolerance = 1e-5 * normalization.gain.abs().max(10.0);
     for (f, n) in folded.iter().zip(&normalised) {
-        assert!((f - n).abs() < 1e-4, "{f} vs {n}");
+        assert!(
+            (f - n).abs() < tolerance,
+            "{f} vs {n} (gain {})",
+            normalization.gain
+        );
     }
     // A language model's folder is not a reward model.
     let lm = tempfile::tempdir().unwrap();

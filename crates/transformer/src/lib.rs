@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod generate;
 mod init;
+mod kernels;
 mod loss;
 mod mlp;
 mod model;
@@ -21,6 +22,8 @@ pub use config::{Architecture, GptConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
 pub use init::{fresh_ids, linear, materialize};
+#[cfg(feature = "flex")]
+pub use kernels::flex::set_flex_kernels;
 pub use loss::{fused_cross_entropy, fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 pub use mlp::{gelu_tanh, GeluMlp, Mlp, SwiGlu};
 pub use model::{DecoderInput, Gpt};

@@ -118,6 +118,10 @@ fn loss_and_grad<B: Backend>(
     mask: Tensor<B, 2>,
     scale: f64,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    #[cfg(feature = "flex")]
+    if let Some(result) = crate::kernels::flex::loss_and_grad(&logits, &targets, &mask, scale) {
+        return result;
+    }
     let rows = logits.dims()[0];
     let max = logits.clone().max_dim(1);
     let picked = logits.clone().gather(1, targets.clone());

@@ -14,13 +14,30 @@ use crate::{Architecture, GptConfig};
 /// products. burn's `gelu_approximate` spends most of a CPU training step's elementwise time
 /// in `powf` and `tanh` (eight ops, each with its own backward); here the one transcendental
 /// is the backend's fused sigmoid, which has a fused backward too.
+///
+/// With the `flex` feature, on flex, one vectorised kernel computes it (and, under autodiff,
+/// its local linearisation: the backward pass is one multiplication).
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::kernels::flex::gelu(&x) {
+        return y;
+    }
     // 2 · √(2/π) and 2 · √(2/π) · 0.044715.
     const A: f64 = 2.0 * 0.797_884_560_802_865_4;
     const B3: f64 = A * 0.044_715;
     let square = x.clone() * x.clone();
     let u2 = x.clone() * (square * B3 + A);
     x * sigmoid(u2)
+}
+
+/// `silu(g) · u`: with the `flex` feature, on flex, one vectorised kernel (and under autodiff
+/// its local linearisation); elsewhere burn's ops.
+fn swiglu<B: Backend, const D: usize>(g: Tensor<B, D>, u: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::kernels::flex::swiglu(&g, &u) {
+        return y;
+    }
+    silu(g) * u
 }
 
 /// `down(silu(gate(x)) * up(x))` (Shazeer, "GLU variants improve transformer").
@@ -81,7 +98,7 @@ impl<B: Backend> Mlp<B> {
         match self {
             Mlp::SwiGlu(m) => m
                 .down
-                .forward(silu(m.gate.forward(x.clone())) * m.up.forward(x)),
+                .forward(swiglu(m.gate.forward(x.clone()), m.up.forward(x))),
             Mlp::Gelu(m) => m.down.forward(gelu_tanh(m.up.forward(x))),
         }
     }

@@ -363,3 +363,105 @@ mod wgpu {
         }
     }
 }
+
+/// Ember's flex kernels (activations, the attention softmax, the loss) against burn's own ops
+/// on the same backend: the same logits, losses and gradients, with and without an attention
+/// mask on top of the causal one, for both architectures.
+#[cfg(feature = "flex")]
+mod flex_kernels {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+    use burn::tensor::Bool;
+    use ember_transformer::{set_flex_kernels, DecoderInput, Positions};
+
+    type A = Autodiff<Flex>;
+
+    fn both<T>(f: impl Fn() -> T) -> (T, T) {
+        set_flex_kernels(false);
+        let reference = f();
+        set_flex_kernels(true);
+        (reference, f())
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
+        let diff = max_abs_diff(a, b);
+        assert!(
+            diff <= 2e-5 * scale,
+            "{what}: differs by {diff} (max {scale})"
+        );
+    }
+
+    #[test]
+    fn kernels_give_burns_values_and_gradients() {
+        let device = Default::default();
+        for architecture in ARCHITECTURES {
+            let model = model::<A>(architecture, &device);
+            let rows = vec![sequence(21), sequence(30)[9..].to_vec()];
+            let masks = vec![
+                (0..20).map(|i| i % 3 != 0).collect::<Vec<_>>(),
+                (0..20).map(|i| i >= 5).collect(),
+            ];
+            let batch = TokenBatch::<A>::from_rows_masked(&rows, &masks, &device).unwrap();
+            for fused in [false, true] {
+                let (reference, kernels) = both(|| {
+                    let loss = if fused {
+                        model.train_loss(&batch).unwrap()
+                    } else {
+                        model.loss(&batch).unwrap()
+                    };
+                    param_grads(&model, loss)
+                });
+                assert!((reference.0 - kernels.0).abs() < 1e-5, "{architecture:?}");
+                for (i, (a, b)) in reference.1.iter().zip(&kernels.1).enumerate() {
+                    close(
+                        a,
+                        b,
+                        &format!("{architecture:?}, fused {fused}: parameter {i}"),
+                    );
+                }
+            }
+
+            // Two packed documents per row: the second half sees only itself.
+            let seq = 20;
+            let hidden = Tensor::<A, 2, Bool>::from_data(
+                TensorData::new(
+                    (0..seq * seq)
+                        .map(|i| (i / seq >= 8) && (i % seq < 8))
+                        .collect::<Vec<_>>(),
+                    [seq, seq],
+                ),
+                &device,
+            )
+            .unsqueeze::<4>()
+            .expand([2, 4, seq, seq]);
+            let (reference, kernels) = both(|| {
+                let input = DecoderInput {
+                    tokens: batch.inputs.clone(),
+                    positions: Positions::Contiguous { start: 0 },
+                    mask: Some(hidden.clone()),
+                };
+                let out = model.forward_hidden(input);
+                let logits = values(out.clone());
+                let (_, grads) = param_grads(&model, model.head_loss(out, &batch).unwrap());
+                (logits, grads)
+            });
+            close(
+                &reference.0,
+                &kernels.0,
+                &format!("{architecture:?}: masked hidden states"),
+            );
+            for (i, (a, b)) in reference.1.iter().zip(&kernels.1).enumerate() {
+                close(a, b, &format!("{architecture:?}, masked: parameter {i}"));
+            }
+
+            // Inference on flex itself.
+            let inner = model.valid();
+            let (reference, kernels) =
+                both(|| values(inner.forward(tokens::<Flex>(&rows[..1], &device))));
+            close(&reference, &kernels, &format!("{architecture:?}: logits"));
+        }
+    }
+}

@@ -42,6 +42,19 @@ pub struct Args {
     /// Llama-shaped ones (RoPE, RMSNorm, SwiGLU: what the pipeline trains).
     #[arg(long, value_enum, default_value = "gpt2")]
     pub architecture: ArchitectureArg,
+    /// Ember's CPU kernels (activations, the attention softmax, the loss) on the cpu device;
+    /// `off` runs burn's own ops there, for comparison. No effect on wgpu and cuda.
+    #[arg(long, value_enum, default_value = "on")]
+    pub kernels: Kernels,
+}
+
+/// `--kernels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernels {
+    /// Ember's kernels where they apply.
+    On,
+    /// burn's ops everywhere.
+    Off,
 }
 
 /// `--architecture`.
@@ -65,6 +78,7 @@ impl From<ArchitectureArg> for Architecture {
 /// Runs `ember bench`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    ember_transformer::set_flex_kernels(args.kernels == Kernels::On);
     with_backend!(args.device, |B, AD, device| bench::<AD>(&args, &device))
 }
 
@@ -137,8 +151,8 @@ fn training<B: AutodiffBackend>(
     scratch: &std::path::Path,
 ) -> anyhow::Result<()> {
     println!(
-        "training steps ({:?}-shaped; forward, backward, global-norm clipping, AdamW), median of {}:",
-        args.architecture, args.steps
+        "training steps ({:?}-shaped; forward, backward, global-norm clipping, AdamW; kernels {:?}), median of {}:",
+        args.architecture, args.kernels, args.steps
     );
     println!(
         "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}",

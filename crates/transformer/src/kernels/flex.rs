@@ -1,0 +1,174 @@
+//! The kernels on burn's flex backend: a tensor of a generic `B` is looked at as a flex tensor
+//! when `B` is `Flex` or `Autodiff<Flex>` (a type check at run time, no `unsafe`), its `f32`
+//! values are borrowed in place, and the results come back as constant tensors of `B`. On every
+//! other backend these functions return `None` and the callers use burn's ops.
+
+use std::any::Any;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use burn_flex::FlexTensor;
+
+type Tracked = Autodiff<Flex>;
+
+thread_local! {
+    static ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Turns Ember's flex kernels on or off for the calling thread (on by default): off, the
+/// model runs burn's own ops on flex too. For comparisons (`ember bench --kernels off`, the
+/// tests that check the kernels against burn's ops); the results agree to float rounding.
+pub fn set_flex_kernels(enabled: bool) {
+    ENABLED.with(|e| e.set(enabled));
+}
+
+/// Whether `B` is flex, or autodiff over flex, and the kernels are on.
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    let id = std::any::TypeId::of::<B>();
+    (id == std::any::TypeId::of::<Flex>() || id == std::any::TypeId::of::<Tracked>())
+        && ENABLED.with(|e| e.get())
+}
+
+/// The values of `tensor` as a contiguous flex tensor of `f32` (a view when they already are).
+fn flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    if tensor.dtype() != DType::F32 || !is_flex::<B>() {
+        return None;
+    }
+    let any: &dyn Any = tensor;
+    let inner = if let Some(t) = any.downcast_ref::<Tensor<Flex, D>>() {
+        t.clone()
+    } else {
+        any.downcast_ref::<Tensor<Tracked, D>>()?.clone().inner()
+    };
+    let primitive = inner.into_primitive().tensor();
+    Some(match primitive.as_slice::<f32>() {
+        Some(_) => primitive,
+        None => primitive.to_contiguous(),
+    })
+}
+
+/// A constant tensor of `B` (flex or autodiff over flex) holding `values`.
+fn constant<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    let inner = Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &Default::default());
+    let boxed: Box<dyn Any> = if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Flex>() {
+        Box::new(inner)
+    } else {
+        Box::new(Tensor::<Tracked, D>::from_inner(inner))
+    };
+    *boxed
+        .downcast::<Tensor<B, D>>()
+        .expect("constant() is only called once flex() has matched B")
+}
+
+fn slice(tensor: &FlexTensor) -> &[f32] {
+    tensor
+        .as_slice::<f32>()
+        .expect("flex() returns contiguous f32 tensors")
+}
+
+/// `gelu_tanh(x)`, as a value (no autodiff) or linearised (autodiff): `None` off flex.
+pub(crate) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    let values = flex(x)?;
+    let shape = x.dims();
+    let n = x.shape().num_elements();
+    if B::ad_enabled(&x.device()) {
+        let (mut d, mut c) = (vec![0.0; n], vec![0.0; n]);
+        super::gelu_local(slice(&values), &mut d, &mut c);
+        Some(x.clone() * constant(d, shape) + constant(c, shape))
+    } else {
+        let mut y = vec![0.0; n];
+        super::gelu(slice(&values), &mut y);
+        Some(constant(y, shape))
+    }
+}
+
+/// `silu(g) · u`, as a value or linearised: `None` off flex.
+pub(crate) fn swiglu<B: Backend, const D: usize>(
+    g: &Tensor<B, D>,
+    u: &Tensor<B, D>,
+) -> Option<Tensor<B, D>> {
+    let (gv, uv) = (flex(g)?, flex(u)?);
+    let shape = g.dims();
+    let n = g.shape().num_elements();
+    if B::ad_enabled(&g.device()) {
+        let (mut dg, mut du, mut c) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        super::swiglu_local(slice(&gv), slice(&uv), &mut dg, &mut du, &mut c);
+        Some(g.clone() * constant(dg, shape) + u.clone() * constant(du, shape) + constant(c, shape))
+    } else {
+        let mut y = vec![0.0; n];
+        super::swiglu(slice(&gv), slice(&uv), &mut y);
+        Some(constant(y, shape))
+    }
+}
+
+/// The masked cross-entropy sum and its gradient times `scale` (see `loss::loss_and_grad`):
+/// `None` off flex or when a target is out of range.
+pub(crate) fn loss_and_grad<B: Backend>(
+    logits: &Tensor<B, 2>,
+    targets: &Tensor<B, 2, Int>,
+    mask: &Tensor<B, 2>,
+    scale: f64,
+) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
+    let values = flex(logits)?;
+    let [rows, vocab] = logits.dims();
+    let targets = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .ok()?
+        .into_iter()
+        .map(|t| usize::try_from(t).ok().filter(|&t| t < vocab))
+        .collect::<Option<Vec<_>>>()?;
+    let mask = mask
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .ok()?;
+    if targets.len() != rows || mask.len() != rows {
+        return None;
+    }
+    let mut grad = vec![0.0; rows * vocab];
+    let loss = super::softmax_cross_entropy(
+        slice(&values),
+        vocab,
+        &targets,
+        &mask,
+        scale as f32,
+        &mut grad,
+    );
+    Some((
+        constant(vec![loss as f32], [1]),
+        constant(grad, [rows, vocab]),
+    ))
+}
+
+/// The causal softmax of the tracked attention `scores` (`[batch, heads, seq, seq]`), with
+/// `mask` (true: hidden) besides the causal one, linearised for autodiff (see
+/// [`super::causal_softmax_local`]): `None` off flex.
+pub(crate) fn causal_softmax<B: Backend>(
+    scores: &Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+) -> Option<Tensor<B, 4>> {
+    let [batch, heads, seq, keys] = scores.dims();
+    if seq != keys || !is_flex::<B>() {
+        return None;
+    }
+    let masked = match mask {
+        Some(mask) => &scores
+            .clone()
+            .detach()
+            .mask_fill(mask.clone(), f32::NEG_INFINITY),
+        None => scores,
+    };
+    let values = flex(masked)?;
+    let n = batch * heads * seq * seq;
+    let (mut p, mut c) = (vec![0.0; n], vec![0.0; n]);
+    super::causal_softmax_local(slice(&values), seq, &mut p, &mut c);
+    let shape = [batch, heads, seq, seq];
+    let p = constant::<B, 4>(p, shape);
+    let weighted = (scores.clone() * p.clone()).sum_dim(3);
+    Some((scores.clone() - weighted) * p + constant(c, shape))
+}

@@ -1,0 +1,359 @@
+//! CPU kernels for the elementwise and row-wise work of a training step, on plain `f32`
+//! slices, and (with the `flex` feature) the bridge that runs them on burn's flex backend.
+//!
+//! A training step on the CPU spends a large share of its time outside the matmuls: in scalar
+//! `expf` (flex's sigmoid and softmax call libm once per element) and in the chains of small
+//! ops that burn's autodiff records for an activation or a softmax (each a pass over memory
+//! forward, and more of them backward). The kernels here compute, in one pass each, what those
+//! chains compute, with an `exp` the compiler vectorises.
+//!
+//! They enter the autodiff graph by **local linearisation**: for `y = f(x)` with a known
+//! Jacobian `J` at the current `x`, the graph records `y' = x·J + (y − x·J)` where `J` and the
+//! bracket are constants. Its value is `y` and its gradient is `Jᵀ·grad`, so the backward pass
+//! is a multiplication instead of the op's own chain. For an elementwise `f` the Jacobian is a
+//! diagonal `d`; for a row softmax `p` the same idea gives `p ⊙ (s − Σ p⊙s) + c` (see
+//! [`causal_softmax_local`]). The values match burn's ops to float rounding (tested); the
+//! gradients are exact first derivatives, as autodiff's are.
+
+#[cfg(feature = "flex")]
+pub(crate) mod flex;
+
+use rayon::prelude::*;
+
+/// Elements per parallel task: below this, rayon's overhead dominates.
+const CHUNK: usize = 16 * 1024;
+
+/// `eˣ` to about 2 ulp for `x ≥ −87`, 0 below, `e⁸⁸` above 88: Cephes' `expf` (a degree-6
+/// polynomial on `[−ln2/2, ln2/2]` and a power of two built in the exponent bits), written
+/// without branches or library calls so that a loop of it vectorises.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    // 1.5 · 2²³: adding it rounds to an integer, which then sits in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let clamped = if x > 88.0 { 88.0 } else { x };
+    let clamped = if clamped < -87.0 { -87.0 } else { clamped };
+    let t = clamped * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = clamped - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let poly = p * r * r + r + 1.0;
+    let integer = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let scale = f32::from_bits(((integer + 127) << 23) as u32);
+    if x < -87.0 {
+        0.0
+    } else {
+        poly * scale
+    }
+}
+
+/// `1 / (1 + e⁻ᶻ)`.
+#[inline(always)]
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + exp(-z))
+}
+
+// GPT-2's tanh GELU as `x · σ(u₂)`, `u₂ = A·x + B·x³` (see `crate::gelu_tanh`).
+const GELU_A: f32 = 2.0 * 0.797_884_6;
+const GELU_B: f32 = GELU_A * 0.044_715;
+
+/// Runs `f` over matching chunks of an input and an output, in parallel.
+fn par_map(x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| f(x, y));
+}
+
+/// `y = gelu_tanh(x)`.
+pub(crate) fn gelu(x: &[f32], y: &mut [f32]) {
+    par_map(x, y, |x, y| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x * sigmoid(x * (GELU_A + GELU_B * x * x));
+        }
+    });
+}
+
+/// The local linearisation of `gelu_tanh` at `x`: its derivative `d` and `c = y − x·d`.
+pub(crate) fn gelu_local(x: &[f32], d: &mut [f32], c: &mut [f32]) {
+    d.par_chunks_mut(CHUNK)
+        .zip(c.par_chunks_mut(CHUNK))
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|((d, c), x)| {
+            for ((d, c), &x) in d.iter_mut().zip(c.iter_mut()).zip(x) {
+                let x2 = x * x;
+                let s = sigmoid(x * (GELU_A + GELU_B * x2));
+                // d/dx [x σ(u₂)] = σ + x σ (1 − σ) u₂′, u₂′ = A + 3B x².
+                let slope = s + x * s * (1.0 - s) * (GELU_A + 3.0 * GELU_B * x2);
+                *d = slope;
+                *c = x * s - x * slope;
+            }
+        });
+}
+
+/// `y = silu(g) · u`.
+pub(crate) fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .for_each(|(y, (g, u))| {
+            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                *y = g * sigmoid(g) * u;
+            }
+        });
+}
+
+/// The local linearisation of `silu(g) · u`: the partial derivatives `dg`, `du` and
+/// `c = y − g·dg − u·du` (`= −g·dg`, since `y = u·du`).
+pub(crate) fn swiglu_local(g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32], c: &mut [f32]) {
+    dg.par_chunks_mut(CHUNK)
+        .zip(du.par_chunks_mut(CHUNK))
+        .zip(c.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .for_each(|(((dg, du), c), (g, u))| {
+            for ((((dg, du), c), &g), &u) in dg
+                .iter_mut()
+                .zip(du.iter_mut())
+                .zip(c.iter_mut())
+                .zip(g)
+                .zip(u)
+            {
+                let s = sigmoid(g);
+                let silu = g * s;
+                // d silu/dg = σ (1 + g (1 − σ)).
+                let slope = u * s * (1.0 + g * (1.0 - s));
+                *dg = slope;
+                *du = silu;
+                *c = -g * slope;
+            }
+        });
+}
+
+/// Cross-entropy of each row of `logits` (`vocab` wide) against its target, weighted by
+/// `mask`: returns `Σ mask·(logsumexp − logit[target])` and writes the gradient
+/// `(softmax − one-hot) · mask · scale` into `grad`. Targets must be `< vocab`.
+pub(crate) fn softmax_cross_entropy(
+    logits: &[f32],
+    vocab: usize,
+    targets: &[usize],
+    mask: &[f32],
+    scale: f32,
+    grad: &mut [f32],
+) -> f64 {
+    grad.par_chunks_mut(vocab)
+        .zip(logits.par_chunks(vocab))
+        .zip(targets.par_iter().zip(mask))
+        .map(|((grad, row), (&target, &weight))| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f32;
+            for (g, &x) in grad.iter_mut().zip(row) {
+                let e = exp(x - max);
+                *g = e;
+                sum += e;
+            }
+            let factor = weight * scale / sum;
+            for g in grad.iter_mut() {
+                *g *= factor;
+            }
+            grad[target] -= weight * scale;
+            f64::from(weight) * (f64::from(max) + f64::from(sum).ln() - f64::from(row[target]))
+        })
+        .sum()
+}
+
+/// The causal softmax of `scores` (`[n, seq, seq]`, query by key, entries at or below −87
+/// under the row's maximum count as 0, `−∞` masks) and its local linearisation: writes the
+/// probabilities `p` (0 above the diagonal and wherever masked) and
+/// `c = p − p ⊙ (s − a)` with `a = Σⱼ pⱼ sⱼ` per row. The graph then records
+/// `z = p ⊙ (s − Σ p⊙s) + c` on the tracked scores `s`: its value is `p`, and its gradient
+/// `p ⊙ (g − Σ p⊙g)` is the softmax's own. A row with no unmasked entry is all 0 (as burn's
+/// attention makes it).
+pub(crate) fn causal_softmax_local(scores: &[f32], seq: usize, p: &mut [f32], c: &mut [f32]) {
+    p.par_chunks_mut(seq)
+        .zip(c.par_chunks_mut(seq))
+        .zip(scores.par_chunks(seq))
+        .enumerate()
+        .for_each(|(row, ((p, c), s))| {
+            let visible = row % seq + 1;
+            let max = s[..visible]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            p.fill(0.0);
+            c.fill(0.0);
+            if max == f32::NEG_INFINITY {
+                return;
+            }
+            let mut sum = 0.0f32;
+            for (p, &s) in p[..visible].iter_mut().zip(&s[..visible]) {
+                let e = exp(s - max);
+                *p = e;
+                sum += e;
+            }
+            let inverse = 1.0 / sum;
+            let mut weighted = 0.0f32;
+            for (p, &s) in p[..visible].iter_mut().zip(&s[..visible]) {
+                *p *= inverse;
+                if *p > 0.0 {
+                    weighted += *p * s;
+                }
+            }
+            for ((c, &p), &s) in c[..visible]
+                .iter_mut()
+                .zip(&p[..visible])
+                .zip(&s[..visible])
+            {
+                if p > 0.0 {
+                    *c = p - p * (s - weighted);
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_library_to_a_few_ulp() {
+        let mut worst = 0.0f64;
+        for i in -87_000..88_000 {
+            let x = i as f32 * 1e-3 + 3.7e-4;
+            let exact = f64::from(x).exp();
+            let relative = ((f64::from(exp(x)) - exact) / exact).abs();
+            worst = worst.max(relative);
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-87.5), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(1000.0).is_finite());
+    }
+
+    fn gelu_f64(x: f64) -> f64 {
+        0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+    }
+
+    #[test]
+    fn gelu_and_its_linearisation_match_an_f64_reference() {
+        let x = (0..40_000)
+            .map(|i| (i as f32 - 20_000.0) * 6e-4)
+            .collect::<Vec<_>>();
+        let n = x.len();
+        let (mut y, mut d, mut c) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        gelu(&x, &mut y);
+        gelu_local(&x, &mut d, &mut c);
+        for i in 0..n {
+            let xi = f64::from(x[i]);
+            let h = 1e-4;
+            let slope = (gelu_f64(xi + h) - gelu_f64(xi - h)) / (2.0 * h);
+            assert!((f64::from(y[i]) - gelu_f64(xi)).abs() < 2e-6, "gelu({xi})");
+            assert!((f64::from(d[i]) - slope).abs() < 2e-5, "gelu'({xi})");
+            // The linearisation reproduces the value.
+            let value = f64::from(x[i] * d[i] + c[i]);
+            assert!((value - gelu_f64(xi)).abs() < 1e-5, "x·d + c at {xi}");
+        }
+    }
+
+    #[test]
+    fn swiglu_and_its_linearisation_match_an_f64_reference() {
+        let silu = |g: f64| g / (1.0 + (-g).exp());
+        let g = (0..3000)
+            .map(|i| (i as f32 - 1500.0) * 7e-3)
+            .collect::<Vec<_>>();
+        let u = (0..3000)
+            .map(|i| ((i * 37 % 200) as f32 - 100.0) * 0.03)
+            .collect::<Vec<_>>();
+        let n = g.len();
+        let (mut y, mut dg, mut du, mut c) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        swiglu(&g, &u, &mut y);
+        swiglu_local(&g, &u, &mut dg, &mut du, &mut c);
+        for i in 0..n {
+            let (gi, ui) = (f64::from(g[i]), f64::from(u[i]));
+            let h = 1e-5;
+            let slope = ui * (silu(gi + h) - silu(gi - h)) / (2.0 * h);
+            assert!((f64::from(y[i]) - silu(gi) * ui).abs() < 1e-5 * (1.0 + (gi * ui).abs()));
+            assert!((f64::from(dg[i]) - slope).abs() < 1e-4, "∂g at {gi}, {ui}");
+            assert!((f64::from(du[i]) - silu(gi)).abs() < 1e-6 * (1.0 + gi.abs()));
+            let value = f64::from(g[i] * dg[i] + u[i] * du[i] + c[i]);
+            assert!((value - silu(gi) * ui).abs() < 1e-5 * (1.0 + (gi * ui).abs()));
+        }
+    }
+
+    #[test]
+    fn softmax_cross_entropy_matches_an_f64_reference() {
+        let (rows, vocab) = (5, 37);
+        let logits = (0..rows * vocab)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.02)
+            .collect::<Vec<_>>();
+        let targets = [3usize, 0, 36, 17, 17];
+        let mask = [1.0f32, 0.0, 1.0, 1.0, 0.5];
+        let scale = 0.25;
+        let mut grad = vec![0.0; rows * vocab];
+        let loss = softmax_cross_entropy(&logits, vocab, &targets, &mask, scale, &mut grad);
+        let mut expected = 0.0;
+        for r in 0..rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let sum = row.iter().map(|&x| f64::from(x).exp()).sum::<f64>();
+            expected += f64::from(mask[r]) * (sum.ln() - f64::from(row[targets[r]]));
+            for (j, &x) in row.iter().enumerate() {
+                let one_hot = if j == targets[r] { 1.0 } else { 0.0 };
+                let g = (f64::from(x).exp() / sum - one_hot) * f64::from(mask[r] * scale);
+                assert!((f64::from(grad[r * vocab + j]) - g).abs() < 1e-6);
+            }
+        }
+        assert!((loss - expected).abs() < 1e-4, "{loss} vs {expected}");
+    }
+
+    #[test]
+    fn causal_softmax_is_causal_normalised_and_linearised() {
+        let (n, seq) = (2, 6);
+        let mut scores = (0..n * seq * seq)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.4)
+            .collect::<Vec<_>>();
+        // Mask one visible entry of the second matrix's last row, and all of its first row.
+        scores[seq * seq + (seq - 1) * seq + 2] = f32::NEG_INFINITY;
+        scores[seq * seq] = f32::NEG_INFINITY;
+        let (mut p, mut c) = (vec![9.0; n * seq * seq], vec![9.0; n * seq * seq]);
+        causal_softmax_local(&scores, seq, &mut p, &mut c);
+        for row in 0..n * seq {
+            let (s, p, c) = (
+                &scores[row * seq..][..seq],
+                &p[row * seq..][..seq],
+                &c[row * seq..][..seq],
+            );
+            let q = row % seq;
+            if row == seq {
+                assert!(
+                    p.iter().chain(c).all(|&v| v == 0.0),
+                    "a fully masked row is 0"
+                );
+                continue;
+            }
+            let visible = (0..=q).filter(|&j| s[j].is_finite()).collect::<Vec<_>>();
+            let sum = visible.iter().map(|&j| f64::from(s[j]).exp()).sum::<f64>();
+            let a = visible
+                .iter()
+                .map(|&j| f64::from(s[j]).exp() / sum * f64::from(s[j]))
+                .sum::<f64>();
+            for j in 0..seq {
+                let (expected_p, expected_c) = if visible.contains(&j) {
+                    let pj = f64::from(s[j]).exp() / sum;
+                    (pj, pj - pj * (f64::from(s[j]) - a))
+                } else {
+                    (0.0, 0.0)
+                };
+                assert!(
+                    (f64::from(p[j]) - expected_p).abs() < 1e-6,
+                    "row {row}, key {j}"
+                );
+                assert!(
+                    (f64::from(c[j]) - expected_c).abs() < 1e-5,
+                    "row {row}, key {j}"
+                );
+            }
+        }
+    }
+}
