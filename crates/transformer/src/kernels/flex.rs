@@ -67,11 +67,19 @@ fn slice(tensor: &FlexTensor) -> &[f32] {
         .expect("flex() returns contiguous f32 tensors")
 }
 
+/// Below this many elements, inference keeps burn's ops: a decoding step's activations are a
+/// few thousand values, and there the kernel's setup (a copy of the result into a new tensor)
+/// costs more than it saves (measured with `ember bench`'s generation).
+const INFERENCE_MIN: usize = 1 << 16;
+
 /// `gelu_tanh(x)`, as a value (no autodiff) or linearised (autodiff): `None` off flex.
 pub(crate) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    let n = x.shape().num_elements();
+    if n < INFERENCE_MIN && !B::ad_enabled(&x.device()) {
+        return None;
+    }
     let values = flex(x)?;
     let shape = x.dims();
-    let n = x.shape().num_elements();
     if B::ad_enabled(&x.device()) {
         let (mut d, mut c) = (vec![0.0; n], vec![0.0; n]);
         super::gelu_local(slice(&values), &mut d, &mut c);
@@ -88,9 +96,12 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
     g: &Tensor<B, D>,
     u: &Tensor<B, D>,
 ) -> Option<Tensor<B, D>> {
+    let n = g.shape().num_elements();
+    if n < INFERENCE_MIN && !B::ad_enabled(&g.device()) {
+        return None;
+    }
     let (gv, uv) = (flex(g)?, flex(u)?);
     let shape = g.dims();
-    let n = g.shape().num_elements();
     if B::ad_enabled(&g.device()) {
         let (mut dg, mut du, mut c) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         super::swiglu_local(slice(&gv), slice(&uv), &mut dg, &mut du, &mut c);

@@ -61,8 +61,12 @@ fn sigmoid(z: f32) -> f32 {
 const GELU_A: f32 = 2.0 * 0.797_884_6;
 const GELU_B: f32 = GELU_A * 0.044_715;
 
-/// Runs `f` over matching chunks of an input and an output, in parallel.
+/// Runs `f` over matching chunks of an input and an output, in parallel (on the calling
+/// thread when there is one chunk: handing it to rayon's pool costs more than it computes).
 fn par_map(x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    if x.len() <= CHUNK {
+        return f(x, y);
+    }
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| f(x, y));
@@ -96,13 +100,17 @@ pub(crate) fn gelu_local(x: &[f32], d: &mut [f32], c: &mut [f32]) {
 
 /// `y = silu(g) · u`.
 pub(crate) fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
+    let body = |y: &mut [f32], g: &[f32], u: &[f32]| {
+        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+            *y = g * sigmoid(g) * u;
+        }
+    };
+    if y.len() <= CHUNK {
+        return body(y, g, u);
+    }
     y.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(y, (g, u))| {
-            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(g) * u;
-            }
-        });
+        .for_each(|(y, (g, u))| body(y, g, u));
 }
 
 /// The local linearisation of `silu(g) · u`: the partial derivatives `dg`, `du` and
