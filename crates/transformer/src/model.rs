@@ -162,10 +162,11 @@ impl<B: Backend> Gpt<B> {
         // of the time of a decoding step.
         let [batch, seq, d] = hidden.dims();
         let weight = self.token_embedding.weight.val().transpose();
-        hidden
-            .reshape([batch * seq, d])
-            .matmul(weight)
-            .reshape([batch, seq, self.config.vocab_size])
+        hidden.reshape([batch * seq, d]).matmul(weight).reshape([
+            batch,
+            seq,
+            self.config.vocab_size,
+        ])
     }
 
     /// Next-token logits of unpadded rows starting at position 0.
