@@ -15,6 +15,9 @@
 //! [`causal_softmax_local`]). The values match burn's ops to float rounding (tested); the
 //! gradients are exact first derivatives, as autodiff's are.
 
+// Without the `flex` feature only their tests use the slice kernels.
+#![cfg_attr(not(feature = "flex"), allow(dead_code))]
+
 #[cfg(feature = "flex")]
 pub(crate) mod flex;
 
