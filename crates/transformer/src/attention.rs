@@ -76,61 +76,32 @@ impl<B: Backend> CausalSelfAttention<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let [batch, heads, seq, head_dim] = query.dims();
+        let out = Self::scaled_dot_product(query, key, value, mask);
+        self.proj
+            .forward(out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]))
+    }
+
+    /// Causal `softmax(q·kᵀ/√d + mask) · v`, `[batch, heads, seq, head_dim]`. With the `flex`
+    /// feature, training on flex takes Ember's linearised softmax kernel
+    /// (`kernels::flex::causal_attention`); everything else burn's fused `attention` op.
+    fn scaled_dot_product(
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> Tensor<B, 4> {
         #[cfg(feature = "flex")]
-        let (query, key, value, mask) = match Self::attend_linearised(query, key, value, mask) {
-            Ok(out) => {
-                return self.proj.forward(out.swap_dims(1, 2).reshape([
-                    batch,
-                    seq,
-                    heads * head_dim,
-                ]))
-            }
-            Err(inputs) => inputs,
-        };
+        if let Some(out) =
+            crate::kernels::flex::causal_attention(&query, &key, &value, mask.as_ref())
+        {
+            return out;
+        }
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
             is_causal: true,
         };
-        let out = attention(query, key, value, mask, None, options);
-        self.proj
-            .forward(out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]))
-    }
-
-    /// Training on flex: `softmax(q·kᵀ/√d) · v` with the causal softmax computed by Ember's
-    /// kernel and linearised for autodiff (see `kernels::causal_softmax_local`): under
-    /// autodiff burn's attention op falls back to a chain of about ten recorded ops over the
-    /// `[batch, heads, seq, seq]` scores (two masks, max, clamps, exp, sum, division), each
-    /// with its backward; here the graph holds five cheap ones. Gives the inputs back
-    /// unchanged when it does not apply (another backend, no autodiff, a KV cache).
-    #[cfg(feature = "flex")]
-    #[allow(clippy::type_complexity)]
-    fn attend_linearised(
-        query: Tensor<B, 4>,
-        key: Tensor<B, 4>,
-        value: Tensor<B, 4>,
-        mask: Option<Tensor<B, 4, Bool>>,
-    ) -> Result<
-        Tensor<B, 4>,
-        (
-            Tensor<B, 4>,
-            Tensor<B, 4>,
-            Tensor<B, 4>,
-            Option<Tensor<B, 4, Bool>>,
-        ),
-    > {
-        let [_, _, seq, head_dim] = query.dims();
-        let keys = key.dims()[2];
-        if !B::ad_enabled(&query.device()) || seq != keys || !crate::kernels::flex::is_flex::<B>() {
-            return Err((query, key, value, mask));
-        }
-        let scores =
-            (query.clone() * (1.0 / (head_dim as f64).sqrt())).matmul(key.clone().transpose());
-        match crate::kernels::flex::causal_softmax(&scores, mask.as_ref()) {
-            Some(probabilities) => Ok(probabilities.matmul(value)),
-            // Not f32 values: burn's attention.
-            None => Err((query, key, value, mask)),
-        }
+        attention(query, key, value, mask, None, options)
     }
 
     /// # Shapes

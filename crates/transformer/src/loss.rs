@@ -108,10 +108,11 @@ pub fn masked_cross_entropy<B: Backend>(
 
 /// The summed masked cross-entropy of `logits` against `targets` (`[rows, 1]` each, `mask`
 /// `[rows, 1]`) and its gradient with respect to the logits times `scale`:
-/// `(softmax − one-hot) × mask × scale`. One pass of the backend's softmax (fused and
-/// vectorised on flex) and no `exp` or `log` over the whole tensor: the log-sum-exp is
-/// `max − log p_max`, since the largest logit's probability is `exp(0) / Σ exp(x − max)`, and
-/// `p_max ≥ 1/vocab` cannot underflow.
+/// `(softmax − one-hot) × mask × scale`. With the `flex` feature on flex, one kernel
+/// (`kernels::softmax_cross_entropy`) computes both. Elsewhere, one pass of the backend's
+/// softmax and no `exp` or `log` over the whole tensor: the log-sum-exp is `max − log p_max`,
+/// since the largest logit's probability is `exp(0) / Σ exp(x − max)`, and `p_max ≥ 1/vocab`
+/// cannot underflow.
 fn loss_and_grad<B: Backend>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 2, Int>,

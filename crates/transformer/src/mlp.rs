@@ -9,6 +9,11 @@ use burn::tensor::Tensor;
 use crate::init::linear;
 use crate::{Architecture, GptConfig};
 
+/// `gelu_tanh(x) = x · σ(A·x + B·x³)`: `A = 2·√(2/π)`, `B = A · 0.044715`.
+pub(crate) const GELU_A: f64 = 2.0 * 0.797_884_560_802_865_4;
+/// See [`GELU_A`].
+pub(crate) const GELU_B: f64 = GELU_A * 0.044_715;
+
 /// GPT-2's tanh-approximated GELU, `x/2 · (1 + tanh(u))` with `u = √(2/π)(x + 0.044715 x³)`,
 /// computed as `x · σ(2u)` (the same function: `(1 + tanh u)/2 = σ(2u)`) with `x³` as two
 /// products. burn's `gelu_approximate` spends most of a CPU training step's elementwise time
@@ -22,11 +27,8 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if let Some(y) = crate::kernels::flex::gelu(&x) {
         return y;
     }
-    // 2 · √(2/π) and 2 · √(2/π) · 0.044715.
-    const A: f64 = 2.0 * 0.797_884_560_802_865_4;
-    const B3: f64 = A * 0.044_715;
     let square = x.clone() * x.clone();
-    let u2 = x.clone() * (square * B3 + A);
+    let u2 = x.clone() * (square * GELU_B + GELU_A);
     x * sigmoid(u2)
 }
 

@@ -156,23 +156,34 @@ pub(crate) fn loss_and_grad<B: Backend>(
     ))
 }
 
-/// The causal softmax of the tracked attention `scores` (`[batch, heads, seq, seq]`), with
-/// `mask` (true: hidden) besides the causal one, linearised for autodiff (see
-/// [`super::causal_softmax_local`]): `None` off flex.
-pub(crate) fn causal_softmax<B: Backend>(
-    scores: &Tensor<B, 4>,
+/// Causal attention for training on flex: `softmax(q·kᵀ/√d + mask) · v` with the softmax
+/// from [`super::causal_softmax_local`], linearised for autodiff. Under autodiff burn's
+/// attention op falls back to about ten recorded ops over the `[batch, heads, seq, seq]`
+/// scores (two masks, max, clamps, exp, sum, division), each with its backward; here the graph
+/// holds five cheap ones. `mask` (true: hidden) applies besides the causal one. `None` when it
+/// does not apply: another backend, no autodiff (burn's fused op is the faster one there),
+/// queries that are not the keys (a KV cache), values that are not `f32`.
+pub(crate) fn causal_attention<B: Backend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
     mask: Option<&Tensor<B, 4, Bool>>,
 ) -> Option<Tensor<B, 4>> {
-    let [batch, heads, seq, keys] = scores.dims();
-    if seq != keys || !is_flex::<B>() {
+    let [batch, heads, seq, head_dim] = query.dims();
+    if !is_flex::<B>()
+        || !B::ad_enabled(&query.device())
+        || key.dims()[2] != seq
+        || query.dtype() != DType::F32
+    {
         return None;
     }
+    let scores = (query.clone() * (1.0 / (head_dim as f64).sqrt())).matmul(key.clone().transpose());
     let masked = match mask {
         Some(mask) => &scores
             .clone()
             .detach()
             .mask_fill(mask.clone(), f32::NEG_INFINITY),
-        None => scores,
+        None => &scores,
     };
     let values = flex(masked)?;
     let n = batch * heads * seq * seq;
@@ -181,5 +192,6 @@ pub(crate) fn causal_softmax<B: Backend>(
     let shape = [batch, heads, seq, seq];
     let p = constant::<B, 4>(p, shape);
     let weighted = (scores.clone() * p.clone()).sum_dim(3);
-    Some((scores.clone() - weighted) * p + constant(c, shape))
+    let probabilities = (scores - weighted) * p + constant(c, shape);
+    Some(probabilities.matmul(value.clone()))
 }

@@ -61,8 +61,8 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 // GPT-2's tanh GELU as `x · σ(u₂)`, `u₂ = A·x + B·x³` (see `crate::gelu_tanh`).
-const GELU_A: f32 = 2.0 * 0.797_884_6;
-const GELU_B: f32 = GELU_A * 0.044_715;
+const GELU_A: f32 = crate::mlp::GELU_A as f32;
+const GELU_B: f32 = crate::mlp::GELU_B as f32;
 
 /// Runs `f` over matching chunks of an input and an output, in parallel (on the calling
 /// thread when there is one chunk: handing it to rayon's pool costs more than it computes).
