@@ -1,5 +1,6 @@
-//! Causal attention: burn's fused `attention` op against the naive matmul–mask–softmax–matmul,
-//! forward and forward + backward, on every backend compiled in (flex by default; `wgpu` and
+//! Causal attention: Ember's `causal_attention` (its own kernel on flex, burn's op elsewhere),
+//! burn's fused `attention` op and the naive matmul–mask–softmax–matmul, forward and
+//! forward + backward, on every backend compiled in (flex by default; `wgpu` and
 //! `cuda` with their features). Groups are named `attention/{backend}`; throughput is in
 //! GFLOP/s by FlashAttention's convention (shown by criterion as `Gelem/s`).
 //!
@@ -20,11 +21,17 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation::softmax, Bool, Distribution, ElementConversion, Tensor};
 use common::{attention_flops, for_each_backend, new_group, sync};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ember::transformer::causal_attention;
 
 const BATCH: usize = 8;
 const HEADS: usize = 8;
 const SEQS: [usize; 4] = [128, 256, 512, 1024];
 const HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// Ember's causal attention: on flex its block-causal kernel with a fused backward pass.
+fn ember<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    causal_attention(q, k, v, None)
+}
 
 /// burn's fused op, causal.
 fn fused<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -59,19 +66,27 @@ fn inputs<B: Backend>(seq: usize, head_dim: usize, device: &B::Device) -> [Tenso
     [0, 1, 2].map(|_| Tensor::random(shape, Distribution::Normal(0.0, 1.0), device))
 }
 
-/// The two implementations agree, or the comparison is meaningless.
+/// The implementations agree (at a length of several of Ember's query blocks), or the
+/// comparison is meaningless.
 fn check<B: Backend>(device: &B::Device) {
-    let [q, k, v] = inputs::<B>(16, 8, device);
-    let a = fused(q.clone(), k.clone(), v.clone());
-    let b = naive(q, k, v);
-    let diff = (a - b).abs().max().into_scalar().elem::<f32>();
-    assert!(diff < 1e-4, "fused and naive attention differ by {diff}");
+    let [q, k, v] = inputs::<B>(150, 16, device);
+    let reference = naive(q.clone(), k.clone(), v.clone());
+    for (name, attend) in [("ember", ember::<B> as Attend<B>), ("fused", fused::<B>)] {
+        let out = attend(q.clone(), k.clone(), v.clone());
+        let diff = (out - reference.clone())
+            .abs()
+            .max()
+            .into_scalar()
+            .elem::<f32>();
+        assert!(diff < 1e-4, "{name} and naive attention differ by {diff}");
+    }
 }
 
 fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str, device: &B::Device) {
     check::<B>(device);
     let mut group = new_group(c, format!("attention/{backend}"), 2);
-    let impls: [Implementation<B>; 2] = [
+    let impls: [Implementation<B>; 3] = [
+        ("ember", ember::<B>, ember::<Autodiff<B>>),
         ("fused", fused::<B>, fused::<Autodiff<B>>),
         ("naive", naive::<B>, naive::<Autodiff<B>>),
     ];

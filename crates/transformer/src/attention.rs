@@ -1,4 +1,4 @@
-//! Causal multi-head self-attention through burn's fused `attention` op.
+//! Causal multi-head self-attention: burn's fused `attention` op, or Ember's kernel on flex.
 
 use burn::module::Module;
 use burn::nn::Linear;
@@ -7,7 +7,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
-use crate::init::linear;
+use crate::init::{linear, linear_rows};
 use crate::rope::{Positions, RotaryEmbedding};
 use crate::{Architecture, GptConfig};
 
@@ -48,10 +48,7 @@ impl<B: Backend> CausalSelfAttention<B> {
     fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
         let [batch, seq, d] = x.dims();
         let (heads, head_dim) = (self.n_heads, d / self.n_heads);
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([batch, seq, 3, heads, head_dim]);
+        let qkv = linear_rows(&self.qkv, x).reshape([batch, seq, 3, heads, head_dim]);
         let part = |i: usize| {
             qkv.clone()
                 .narrow(2, i, 1)
@@ -76,32 +73,11 @@ impl<B: Backend> CausalSelfAttention<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let [batch, heads, seq, head_dim] = query.dims();
-        let out = Self::scaled_dot_product(query, key, value, mask);
-        self.proj
-            .forward(out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]))
-    }
-
-    /// Causal `softmax(q·kᵀ/√d + mask) · v`, `[batch, heads, seq, head_dim]`. With the `flex`
-    /// feature, training on flex takes Ember's linearised softmax kernel
-    /// (`kernels::flex::causal_attention`); everything else burn's fused `attention` op.
-    fn scaled_dot_product(
-        query: Tensor<B, 4>,
-        key: Tensor<B, 4>,
-        value: Tensor<B, 4>,
-        mask: Option<Tensor<B, 4, Bool>>,
-    ) -> Tensor<B, 4> {
-        #[cfg(feature = "flex")]
-        if let Some(out) =
-            crate::kernels::flex::causal_attention(&query, &key, &value, mask.as_ref())
-        {
-            return out;
-        }
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        attention(query, key, value, mask, None, options)
+        let out = causal_attention(query, key, value, mask);
+        linear_rows(
+            &self.proj,
+            out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]),
+        )
     }
 
     /// # Shapes
@@ -128,4 +104,31 @@ impl<B: Backend> CausalSelfAttention<B> {
         let (key, value) = cache.update(layer, key, value);
         self.attend(query, key, value, context.mask)
     }
+}
+
+/// Causal scaled-dot-product attention, `softmax(q·kᵀ/√d + mask) · v`, on `[batch, heads,
+/// seq, head_dim]` queries, keys and values; `mask` (true: hidden) applies besides the causal
+/// one and broadcasts over `batch` and `heads` where it has 1 there. With the `flex` feature,
+/// on flex (with or without autodiff), queries at the keys' positions (no KV cache) take
+/// Ember's kernel: block-causal matmuls and one fused backward pass (see the crate's
+/// `kernels::attention`). Everything else, and every other backend, takes burn's fused
+/// `attention` op. Both give the same values and gradients (tested).
+pub fn causal_attention<B: Backend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if let Some(out) =
+        crate::kernels::attention::causal_attention(&query, &key, &value, mask.as_ref())
+    {
+        return out;
+    }
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: true,
+    };
+    attention(query, key, value, mask, None, options)
 }

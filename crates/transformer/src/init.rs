@@ -24,6 +24,17 @@ pub fn linear<B: Backend>(
     layer
 }
 
+/// `layer` applied to every position of `x` (`[batch, seq, d_input]`) as one 2-D matmul over
+/// `batch · seq` rows. burn's `linear` on a 3-D input multiplies each item separately and, in
+/// the backward pass, builds one weight gradient per item and then sums them; as rows, the
+/// weight gradient is one matmul with `batch · seq` as its inner dimension.
+pub(crate) fn linear_rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d] = x.dims();
+    let y = layer.forward(x.reshape([batch * seq, d]));
+    let d_output = y.dims()[1];
+    y.reshape([batch, seq, d_output])
+}
+
 /// Forces every parameter's initialisation now. burn initialises parameters lazily, and a
 /// clone of an uninitialised parameter carries the initialiser rather than the value, so
 /// the clone and the original would draw different weights (a saved copy of a fresh model

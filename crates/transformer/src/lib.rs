@@ -15,7 +15,7 @@ mod norm;
 mod rope;
 mod sampling;
 
-pub use attention::CausalSelfAttention;
+pub use attention::{causal_attention, CausalSelfAttention};
 pub use block::Block;
 pub use cache::KvCache;
 pub use config::{Architecture, GptConfig};

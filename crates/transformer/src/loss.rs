@@ -161,8 +161,33 @@ pub fn fused_cross_entropy<B: AutodiffBackend>(
         mask.inner().unsqueeze_dim::<2>(1),
         scale,
     );
-    let surrogate = (logits * Tensor::from_inner(grad)).sum();
-    Ok(Tensor::from_inner(loss * scale) + surrogate.clone() - surrogate.detach())
+    Ok(with_gradients(loss * scale, [logits], [grad]))
+}
+
+/// `value` as a tensor whose gradients with respect to `inputs` are the precomputed
+/// `gradients`: `value + s − detach(s)` for `s = Σᵢ Σ inputᵢ ⊙ gradientᵢ` (its value is
+/// `value`, its gradient `gradientᵢ`). On autodiff over flex, with the `flex` feature, one
+/// graph node that hands the gradients back as they are, without the products.
+fn with_gradients<B: AutodiffBackend, const N: usize>(
+    value: Tensor<B::InnerBackend, 1>,
+    inputs: [Tensor<B, 2>; N],
+    gradients: [Tensor<B::InnerBackend, 2>; N],
+) -> Tensor<B, 1> {
+    #[cfg(feature = "flex")]
+    if let Some(result) = crate::kernels::flex::with_gradients::<B, N>(
+        &value,
+        inputs.each_ref(),
+        gradients.each_ref(),
+    ) {
+        return result;
+    }
+    let surrogate = inputs
+        .into_iter()
+        .zip(gradients)
+        .map(|(input, gradient)| (input * Tensor::from_inner(gradient)).sum())
+        .reduce(|a, b| a + b)
+        .expect("at least one input");
+    Tensor::from_inner(value) + surrogate.clone() - surrogate.detach()
 }
 
 /// Mean cross-entropy of the logits `hidden · weightᵀ` against `targets`, over the rows whose
@@ -220,11 +245,12 @@ pub fn fused_linear_cross_entropy<B: AutodiffBackend>(
         grad_h.push(grad_logits.clone().matmul(w.clone()));
         grad_w = grad_w + grad_logits.transpose().matmul(h_chunk);
     }
-    let grad_h = Tensor::from_inner(Tensor::cat(grad_h, 0));
-    let grad_w = Tensor::from_inner(grad_w);
-    let surrogate = (hidden * grad_h).sum() + (weight * grad_w).sum();
-    let value = Tensor::from_inner(loss * scale);
-    Ok(value + surrogate.clone() - surrogate.detach())
+    let grad_h = Tensor::cat(grad_h, 0);
+    Ok(with_gradients(
+        loss * scale,
+        [hidden, weight],
+        [grad_h, grad_w],
+    ))
 }
 
 #[cfg(test)]
@@ -372,6 +398,43 @@ mod tests {
         // (softmax − one-hot) / 2: [[1, −1], [−½, ½]] / 2.
         for (g, e) in grad.iter().zip([0.5f32, -0.5, -0.25, 0.25]) {
             assert!((g - e).abs() < 1e-6, "{grad:?}");
+        }
+    }
+
+    /// The precomputed gradients (one graph node on flex, products elsewhere) follow the
+    /// upstream gradient when the loss is scaled and combined with other terms.
+    #[test]
+    fn fused_gradients_follow_a_scaled_loss() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let logits = [[1.0f32, -0.5, 2.0], [0.3, 0.1, -1.2]];
+        let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &device);
+        let mask = Tensor::<A, 1>::ones([2], &device);
+        let mut results = Vec::new();
+        for kernels in [true, false] {
+            #[cfg(feature = "flex")]
+            crate::set_flex_kernels(kernels);
+            let leaf = Tensor::<A, 2>::from_floats(logits, &device).require_grad();
+            let loss = fused_cross_entropy(leaf.clone(), targets.clone(), mask.clone(), 2).unwrap();
+            // d/dlogits of 2.5·L + Σ logits² is 2.5·(softmax − one-hot)/2 + 2·logits.
+            let total = loss * 2.5 + leaf.clone().powi_scalar(2).sum();
+            let grad = leaf.grad(&total.backward()).unwrap();
+            results.push(grad.into_data().to_vec::<f32>().unwrap());
+            let _ = kernels;
+        }
+        #[cfg(feature = "flex")]
+        crate::set_flex_kernels(true);
+        for (r, row) in logits.iter().enumerate() {
+            let z = row.iter().map(|x| x.exp()).sum::<f32>();
+            let target = [2, 0][r];
+            for (j, &x) in row.iter().enumerate() {
+                let one_hot = if j == target { 1.0 } else { 0.0 };
+                let expected = 2.5 * (x.exp() / z - one_hot) / 2.0 + 2.0 * x;
+                for grad in &results {
+                    assert!((grad[r * 3 + j] - expected).abs() < 1e-5, "{results:?}");
+                }
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::init::linear;
+use crate::init::{linear, linear_rows};
 use crate::{Architecture, GptConfig};
 
 /// `gelu_tanh(x) = x · σ(A·x + B·x³)`: `A = 2·√(2/π)`, `B = A · 0.044715`.
@@ -98,10 +98,11 @@ impl<B: Backend> Mlp<B> {
     /// - `x`: `[batch, seq, d_model]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
-            Mlp::SwiGlu(m) => m
-                .down
-                .forward(swiglu(m.gate.forward(x.clone()), m.up.forward(x))),
-            Mlp::Gelu(m) => m.down.forward(gelu_tanh(m.up.forward(x))),
+            Mlp::SwiGlu(m) => linear_rows(
+                &m.down,
+                swiglu(linear_rows(&m.gate, x.clone()), linear_rows(&m.up, x)),
+            ),
+            Mlp::Gelu(m) => linear_rows(&m.down, gelu_tanh(linear_rows(&m.up, x))),
         }
     }
 }

@@ -373,7 +373,7 @@ mod flex_kernels {
     use burn::backend::Autodiff;
     use burn::module::AutodiffModule;
     use burn::tensor::Bool;
-    use ember_transformer::{set_flex_kernels, DecoderInput, Positions};
+    use ember_transformer::{causal_attention, set_flex_kernels, DecoderInput, Positions};
 
     type A = Autodiff<Flex>;
 
@@ -462,6 +462,61 @@ mod flex_kernels {
             let (reference, kernels) =
                 both(|| values(inner.forward(tokens::<Flex>(&rows[..1], &device))));
             close(&reference, &kernels, &format!("{architecture:?}: logits"));
+        }
+    }
+
+    /// Ember's attention against burn's op alone, at a length that spans three query blocks
+    /// (64, 64, 22 rows) and with a mask broadcast over the heads: outputs and the gradients
+    /// of the queries, keys and values, with and without autodiff.
+    #[test]
+    fn attention_matches_burns_op_across_blocks() {
+        let device = Default::default();
+        let [batch, heads, seq, dim] = [2, 3, 150, 16];
+        let input = |salt: usize| {
+            let values = (0..batch * heads * seq * dim)
+                .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 1.5)
+                .collect::<Vec<_>>();
+            TensorData::new(values, [batch, heads, seq, dim])
+        };
+        // Item 1 holds two packed documents: rows from 100 on see only keys from 100 on.
+        let mask = (0..batch * seq * seq)
+            .map(|i| i / (seq * seq) == 1 && (i / seq) % seq >= 100 && i % seq < 100)
+            .collect::<Vec<_>>();
+        let hidden = TensorData::new(mask, [batch, 1, seq, seq]);
+        for masked in [false, true] {
+            let (reference, kernels) = both(|| {
+                let [q, k, v] = [0, 1, 2]
+                    .map(|salt| Tensor::<A, 4>::from_data(input(salt), &device).require_grad());
+                let mask = masked.then(|| Tensor::<A, 4, Bool>::from_data(hidden.clone(), &device));
+                let out = causal_attention(q.clone(), k.clone(), v.clone(), mask);
+                let weights = Tensor::<A, 4>::from_data(input(3), &device);
+                let grads = (out.clone() * weights).sum().backward();
+                let grad = |t: &Tensor<A, 4>| values(t.grad(&grads).unwrap());
+                let inner = causal_attention(
+                    q.clone().inner(),
+                    k.clone().inner(),
+                    v.clone().inner(),
+                    masked.then(|| Tensor::<Flex, 4, Bool>::from_data(hidden.clone(), &device)),
+                );
+                [values(out), grad(&q), grad(&k), grad(&v), values(inner)]
+            });
+            for (what, (a, b)) in ["output", "dq", "dk", "dv", "output without autodiff"]
+                .iter()
+                .zip(reference.iter().zip(&kernels))
+            {
+                close(a, b, &format!("masked {masked}: {what}"));
+            }
+            // The masked rows of item 1 attend to the second document alone: its first
+            // query there equals that key's value row.
+            if masked {
+                let v = input(2).to_vec::<f32>().unwrap();
+                let row = (heads * seq + 100) * dim;
+                close(
+                    &kernels[0][row..row + dim],
+                    &v[row..row + dim],
+                    "the first query of a packed document sees only itself",
+                );
+            }
         }
     }
 }

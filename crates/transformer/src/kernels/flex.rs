@@ -5,9 +5,13 @@
 
 use std::any::Any;
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
 type Tracked = Autodiff<Flex>;
@@ -156,42 +160,81 @@ pub(crate) fn loss_and_grad<B: Backend>(
     ))
 }
 
-/// Causal attention for training on flex: `softmax(q·kᵀ/√d + mask) · v` with the softmax
-/// from [`super::causal_softmax_local`], linearised for autodiff. Under autodiff burn's
-/// attention op falls back to about ten recorded ops over the `[batch, heads, seq, seq]`
-/// scores (two masks, max, clamps, exp, sum, division), each with its backward; here the graph
-/// holds five cheap ones. `mask` (true: hidden) applies besides the causal one. `None` when it
-/// does not apply: another backend, no autodiff (burn's fused op is the faster one there),
-/// queries that are not the keys (a KV cache), values that are not `f32`.
-pub(crate) fn causal_attention<B: Backend>(
-    query: &Tensor<B, 4>,
-    key: &Tensor<B, 4>,
-    value: &Tensor<B, 4>,
-    mask: Option<&Tensor<B, 4, Bool>>,
-) -> Option<Tensor<B, 4>> {
-    let [batch, heads, seq, head_dim] = query.dims();
-    if !is_flex::<B>()
-        || !B::ad_enabled(&query.device())
-        || key.dims()[2] != seq
-        || query.dtype() != DType::F32
-    {
+/// The backward pass of a value whose gradients were computed in the forward pass: the
+/// upstream gradient (a scalar) times each stored gradient, or the stored gradient itself when
+/// the upstream one is 1 (a loss's usual case: no pass over memory at all).
+#[derive(Debug)]
+struct Precomputed;
+
+impl<const N: usize> Backward<Flex, N> for Precomputed {
+    type State = Vec<FlexTensor>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let upstream = grads.consume::<Flex>(&ops.node);
+        let upstream =
+            Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(upstream)).into_scalar();
+        for (parent, grad) in ops.parents.into_iter().zip(ops.state) {
+            let Some(parent) = parent else { continue };
+            let grad = if upstream == 1.0 {
+                grad
+            } else {
+                (Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(grad)) * upstream)
+                    .into_primitive()
+                    .tensor()
+            };
+            grads.register::<Flex>(parent.id, grad);
+        }
+    }
+}
+
+/// `value` (shape `[1]`) as a node of autodiff over flex whose gradient with respect to each
+/// `input` is the matching precomputed `gradient`: one node and no surrogate products (see
+/// `loss::with_gradients`). `None` unless `B` is autodiff over flex and the kernels are on.
+pub(crate) fn with_gradients<B: AutodiffBackend, const N: usize>(
+    value: &Tensor<B::InnerBackend, 1>,
+    inputs: [&Tensor<B, 2>; N],
+    gradients: [&Tensor<B::InnerBackend, 2>; N],
+) -> Option<Tensor<B, 1>> {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Tracked>() || !is_flex::<B>() {
         return None;
     }
-    let scores = (query.clone() * (1.0 / (head_dim as f64).sqrt())).matmul(key.clone().transpose());
-    let masked = match mask {
-        Some(mask) => &scores
-            .clone()
-            .detach()
-            .mask_fill(mask.clone(), f32::NEG_INFINITY),
-        None => &scores,
+    let inner = |t: &dyn Any| {
+        let t = t
+            .downcast_ref::<Tensor<Flex, 2>>()
+            .expect("B is autodiff over flex");
+        t.clone().into_primitive().tensor()
     };
-    let values = flex(masked)?;
-    let n = batch * heads * seq * seq;
-    let (mut p, mut c) = (vec![0.0; n], vec![0.0; n]);
-    super::causal_softmax_local(slice(&values), seq, &mut p, &mut c);
-    let shape = [batch, heads, seq, seq];
-    let p = constant::<B, 4>(p, shape);
-    let weighted = (scores.clone() * p.clone()).sum_dim(3);
-    let probabilities = (scores - weighted) * p + constant(c, shape);
-    Some(probabilities.matmul(value.clone()))
+    let nodes = inputs.map(|t| {
+        let t: &dyn Any = t;
+        let t = t
+            .downcast_ref::<Tensor<Tracked, 2>>()
+            .expect("B is autodiff over flex");
+        t.clone().into_primitive().tensor().node
+    });
+    let value: &dyn Any = value;
+    let value = value
+        .downcast_ref::<Tensor<Flex, 1>>()
+        .expect("B is autodiff over flex")
+        .clone()
+        .into_primitive()
+        .tensor();
+    let output = match Precomputed
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = gradients.iter().map(|g| inner(*g)).collect();
+            prep.finish(state, value)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(value),
+    };
+    let output: Box<dyn Any> = Box::new(Tensor::<Tracked, 1>::from_primitive(
+        TensorPrimitive::Float(output),
+    ));
+    Some(
+        *output
+            .downcast::<Tensor<B, 1>>()
+            .expect("B is autodiff over flex"),
+    )
 }

@@ -11,13 +11,18 @@
 //! Jacobian `J` at the current `x`, the graph records `y' = x·J + (y − x·J)` where `J` and the
 //! bracket are constants. Its value is `y` and its gradient is `Jᵀ·grad`, so the backward pass
 //! is a multiplication instead of the op's own chain. For an elementwise `f` the Jacobian is a
-//! diagonal `d`; for a row softmax `p` the same idea gives `p ⊙ (s − Σ p⊙s) + c` (see
-//! [`causal_softmax_local`]). The values match burn's ops to float rounding (tested); the
-//! gradients are exact first derivatives, as autodiff's are.
+//! diagonal `d`. The values match burn's ops to float rounding (tested); the gradients are
+//! exact first derivatives, as autodiff's are.
+//!
+//! Causal attention is one op of its own instead (`attention`, with the `flex` feature):
+//! block-causal matmuls, the row softmax here, and a backward pass registered with burn's
+//! autodiff.
 
 // Without the `flex` feature only their tests use the slice kernels.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
+#[cfg(feature = "flex")]
+pub(crate) mod attention;
 #[cfg(feature = "flex")]
 pub(crate) mod flex;
 
@@ -158,12 +163,10 @@ pub(crate) fn softmax_cross_entropy(
         .zip(targets.par_iter().zip(mask))
         .map(|((grad, row), (&target, &weight))| {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
             for (g, &x) in grad.iter_mut().zip(row) {
-                let e = exp(x - max);
-                *g = e;
-                sum += e;
+                *g = exp(x - max);
             }
+            let sum = sum_lanes(grad);
             let factor = weight * scale / sum;
             for g in grad.iter_mut() {
                 *g *= factor;
@@ -174,52 +177,56 @@ pub(crate) fn softmax_cross_entropy(
         .sum()
 }
 
-/// The causal softmax of `scores` (`[n, seq, seq]`, query by key, entries at or below −87
-/// under the row's maximum count as 0, `−∞` masks) and its local linearisation: writes the
-/// probabilities `p` (0 above the diagonal and wherever masked) and
-/// `c = p − p ⊙ (s − a)` with `a = Σⱼ pⱼ sⱼ` per row. The graph then records
-/// `z = p ⊙ (s − Σ p⊙s) + c` on the tracked scores `s`: its value is `p`, and its gradient
-/// `p ⊙ (g − Σ p⊙g)` is the softmax's own. A row with no unmasked entry is all 0 (as burn's
-/// attention makes it).
-pub(crate) fn causal_softmax_local(scores: &[f32], seq: usize, p: &mut [f32], c: &mut [f32]) {
-    p.par_chunks_mut(seq)
-        .zip(c.par_chunks_mut(seq))
-        .zip(scores.par_chunks(seq))
-        .enumerate()
-        .for_each(|(row, ((p, c), s))| {
-            let visible = row % seq + 1;
-            let max = s[..visible]
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            p.fill(0.0);
-            c.fill(0.0);
-            if max == f32::NEG_INFINITY {
-                return;
-            }
-            let mut sum = 0.0f32;
-            for (p, &s) in p[..visible].iter_mut().zip(&s[..visible]) {
-                let e = exp(s - max);
-                *p = e;
-                sum += e;
-            }
-            let inverse = 1.0 / sum;
-            let mut weighted = 0.0f32;
-            for (p, &s) in p[..visible].iter_mut().zip(&s[..visible]) {
-                *p *= inverse;
-                if *p > 0.0 {
-                    weighted += *p * s;
-                }
-            }
-            for ((c, &p), &s) in c[..visible]
-                .iter_mut()
-                .zip(&p[..visible])
-                .zip(&s[..visible])
-            {
-                if p > 0.0 {
-                    *c = p - p * (s - weighted);
-                }
-            }
-        });
+/// The softmax of `scale · s` over the first `visible` entries of `row`, in place, with the
+/// entries flagged in `hidden` (true: masked) left out; everything else becomes 0, and so does
+/// a row with nothing visible (as burn's attention makes it). Entries at or below −87 under
+/// the row's maximum (after scaling) count as 0.
+pub(crate) fn softmax_row(row: &mut [f32], visible: usize, scale: f32, hidden: Option<&[bool]>) {
+    let (live, rest) = row.split_at_mut(visible);
+    rest.fill(0.0);
+    if let Some(hidden) = hidden {
+        for (s, _) in live.iter_mut().zip(hidden).filter(|(_, &h)| h) {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if max == f32::NEG_INFINITY {
+        live.fill(0.0);
+        return;
+    }
+    // Two passes, each of which the compiler vectorises: the exponentials, then their sum
+    // in eight lanes.
+    for s in live.iter_mut() {
+        *s = exp((*s - max) * scale);
+    }
+    let sum = sum_lanes(live);
+    let inverse = 1.0 / sum;
+    for s in live.iter_mut() {
+        *s *= inverse;
+    }
+}
+
+/// `Σ x` in eight independent lanes (a vectorisable reduction; a single running `f32` sum
+/// is not, as the compiler keeps its order).
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder().iter().sum::<f32>();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// The backward pass of [`softmax_row`] for one row: `ds = scale · p ⊙ (dp − δ)` in place
+/// over `dp`, where `δ = Σⱼ pⱼ dpⱼ` is passed in (for attention it equals `dO · O`, one dot
+/// product of `head_dim` values instead of one of the row's length).
+pub(crate) fn softmax_row_backward(dp: &mut [f32], p: &[f32], delta: f32, scale: f32) {
+    for (d, &p) in dp.iter_mut().zip(p) {
+        *d = scale * p * (*d - delta);
+    }
 }
 
 #[cfg(test)]
@@ -319,52 +326,50 @@ mod tests {
     }
 
     #[test]
-    fn causal_softmax_is_causal_normalised_and_linearised() {
-        let (n, seq) = (2, 6);
-        let mut scores = (0..n * seq * seq)
-            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.4)
+    fn the_row_softmax_and_its_backward_match_an_f64_reference() {
+        let (len, scale) = (21, 0.35f32);
+        let scores = (0..len)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 1.3)
             .collect::<Vec<_>>();
-        // Mask one visible entry of the second matrix's last row, and all of its first row.
-        scores[seq * seq + (seq - 1) * seq + 2] = f32::NEG_INFINITY;
-        scores[seq * seq] = f32::NEG_INFINITY;
-        let (mut p, mut c) = (vec![9.0; n * seq * seq], vec![9.0; n * seq * seq]);
-        causal_softmax_local(&scores, seq, &mut p, &mut c);
-        for row in 0..n * seq {
-            let (s, p, c) = (
-                &scores[row * seq..][..seq],
-                &p[row * seq..][..seq],
-                &c[row * seq..][..seq],
-            );
-            let q = row % seq;
-            if row == seq {
-                assert!(
-                    p.iter().chain(c).all(|&v| v == 0.0),
-                    "a fully masked row is 0"
-                );
-                continue;
-            }
-            let visible = (0..=q).filter(|&j| s[j].is_finite()).collect::<Vec<_>>();
-            let sum = visible.iter().map(|&j| f64::from(s[j]).exp()).sum::<f64>();
-            let a = visible
-                .iter()
-                .map(|&j| f64::from(s[j]).exp() / sum * f64::from(s[j]))
+        let upstream = (0..len)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.2)
+            .collect::<Vec<_>>();
+        let mut hidden = vec![false; len];
+        hidden[3] = true;
+        hidden[17] = true;
+        for (visible, hidden) in [(len, None), (13, Some(&hidden[..])), (1, None)] {
+            let shown = |j: usize| j < visible && !hidden.is_some_and(|h| h[j]);
+            let sum = (0..len)
+                .filter(|&j| shown(j))
+                .map(|j| (f64::from(scale) * f64::from(scores[j])).exp())
                 .sum::<f64>();
-            for j in 0..seq {
-                let (expected_p, expected_c) = if visible.contains(&j) {
-                    let pj = f64::from(s[j]).exp() / sum;
-                    (pj, pj - pj * (f64::from(s[j]) - a))
-                } else {
-                    (0.0, 0.0)
-                };
+            let expected = (0..len)
+                .map(|j| match shown(j) {
+                    true => (f64::from(scale) * f64::from(scores[j])).exp() / sum,
+                    false => 0.0,
+                })
+                .collect::<Vec<_>>();
+            let mut p = scores.clone();
+            softmax_row(&mut p, visible, scale, hidden);
+            for j in 0..len {
                 assert!(
-                    (f64::from(p[j]) - expected_p).abs() < 1e-6,
-                    "row {row}, key {j}"
+                    (f64::from(p[j]) - expected[j]).abs() < 1e-6,
+                    "{visible}, {j}"
                 );
-                assert!(
-                    (f64::from(c[j]) - expected_c).abs() < 1e-5,
-                    "row {row}, key {j}"
-                );
+            }
+            // ds_j = scale · p_j · (g_j − Σ p g): the softmax's vector-Jacobian product.
+            let delta = (0..len)
+                .map(|j| expected[j] * f64::from(upstream[j]))
+                .sum::<f64>();
+            let mut ds = upstream.clone();
+            softmax_row_backward(&mut ds, &p, delta as f32, scale);
+            for j in 0..len {
+                let want = f64::from(scale) * expected[j] * (f64::from(upstream[j]) - delta);
+                assert!((f64::from(ds[j]) - want).abs() < 1e-6, "{visible}, {j}");
             }
         }
+        let mut nothing = scores.clone();
+        softmax_row(&mut nothing, 2, scale, Some(&[true; 21]));
+        assert!(nothing.iter().all(|&p| p == 0.0), "a fully masked row is 0");
     }
 }

@@ -1,0 +1,295 @@
+//! Causal attention on flex as one op with its own backward pass.
+//!
+//! Queries are taken in blocks of [`BLOCK`] rows; block `i` multiplies only against the keys
+//! it can see (`..(i + 1)·BLOCK`), so the matmuls skip most of the masked upper triangle
+//! (at sequence 256, 10 of 16 tiles are computed). Each block's scores become probabilities
+//! in place ([`super::softmax_row`]), and those probabilities are what the backward pass keeps
+//! (no recomputation: the shapes this runs at are small enough to hold them). Backward, per
+//! block, with `δ = rowsum(dO ⊙ O)`:
+//!
+//! ```text
+//! dP = dO·Vᵀ    dS = scale · P ⊙ (dP − δ)    dQ = dS·K    dK += dSᵀ·Q    dV += Pᵀ·dO
+//! ```
+//!
+//! Every matmul is flex's (strided views, no copies of the inputs), batched over batch and
+//! heads. Under autodiff the op is registered with burn's graph as one node with three parents
+//! (burn-autodiff's `Backward`), so the backward pass above replaces the chain of ops burn
+//! records for its attention fallback.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::ops::matmul::matmul;
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+use std::any::Any;
+
+use super::{softmax_row, softmax_row_backward};
+
+/// Query rows per block: small enough that block-causal matmuls skip most of the masked
+/// triangle, large enough for efficient matmuls.
+const BLOCK: usize = 64;
+
+/// The `[start, end)` query rows of each block.
+fn blocks(seq: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..seq)
+        .step_by(BLOCK)
+        .map(move |start| (start, (start + BLOCK).min(seq)))
+}
+
+/// An extra attention mask (true: hidden) of shape `[batch or 1, heads or 1, seq, seq]`.
+#[derive(Debug)]
+struct Mask {
+    hidden: Vec<bool>,
+    batch_stride: usize,
+    head_stride: usize,
+    seq: usize,
+}
+
+impl Mask {
+    /// `None` when `mask` does not have that shape for `[batch, heads, seq]`.
+    fn new<B: Backend>(mask: &Tensor<B, 4, Bool>, batch: usize, heads: usize) -> Option<Self> {
+        let [mask_batch, mask_heads, rows, seq] = mask.dims();
+        if rows != seq || ![1, batch].contains(&mask_batch) || ![1, heads].contains(&mask_heads) {
+            return None;
+        }
+        let hidden = mask.clone().into_data().iter::<bool>().collect::<Vec<_>>();
+        let head_stride = if mask_heads == 1 { 0 } else { seq * seq };
+        let batch_stride = if mask_batch == 1 {
+            0
+        } else {
+            mask_heads * seq * seq
+        };
+        Some(Self {
+            hidden,
+            batch_stride,
+            head_stride,
+            seq,
+        })
+    }
+
+    /// The flags of the first `keys` keys for `query` in head `head` of item `item`.
+    fn row(&self, item: usize, head: usize, query: usize, keys: usize) -> &[bool] {
+        &self.hidden[item * self.batch_stride + head * self.head_stride + query * self.seq..]
+            [..keys]
+    }
+}
+
+/// What the backward pass needs: the inputs (views, as the caller passed them), the output
+/// (contiguous) and each block's probabilities (`[batch, heads, rows, keys]`).
+#[derive(Clone, Debug)]
+struct Saved {
+    query: FlexTensor,
+    key: FlexTensor,
+    value: FlexTensor,
+    output: FlexTensor,
+    probabilities: Vec<FlexTensor>,
+    scale: f32,
+}
+
+fn dims(tensor: &FlexTensor) -> [usize; 4] {
+    let shape = tensor.layout().shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+fn contiguous(tensor: FlexTensor) -> FlexTensor {
+    match tensor.as_slice::<f32>() {
+        Some(_) => tensor,
+        None => tensor.to_contiguous(),
+    }
+}
+
+fn values(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+/// `out[.., start..start + rows, ..] (+)= part` for `[batch·heads, seq, dim]` against
+/// `[batch·heads, rows, dim]`.
+fn write_rows(out: &mut [f32], part: &[f32], seq: usize, start: usize, dim: usize, add: bool) {
+    let rows = part.len() / (out.len() / (seq * dim)) / dim;
+    out.par_chunks_mut(seq * dim)
+        .zip(part.par_chunks(rows * dim))
+        .for_each(|(out, part)| {
+            let out = &mut out[start * dim..][..rows * dim];
+            if add {
+                out.iter_mut().zip(part).for_each(|(o, &p)| *o += p);
+            } else {
+                out.copy_from_slice(part);
+            }
+        });
+}
+
+fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `softmax(scale · q·kᵀ, causal, mask) · v` and what its backward pass needs.
+fn forward(
+    query: FlexTensor,
+    key: FlexTensor,
+    value: FlexTensor,
+    mask: Option<&Mask>,
+    scale: f32,
+) -> Saved {
+    let [batch, heads, seq, dim] = dims(&query);
+    let mut output = vec![0.0f32; batch * heads * seq * dim];
+    let mut probabilities = Vec::new();
+    for (start, end) in blocks(seq) {
+        let rows = end - start;
+        let mut p = matmul(
+            query.narrow(2, start, rows),
+            key.narrow(2, 0, end).transpose(2, 3),
+        );
+        p.storage_mut::<f32>()
+            .par_chunks_mut(end)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let (item, head, query) = (i / rows / heads, i / rows % heads, start + i % rows);
+                let hidden = mask.map(|m| m.row(item, head, query, end));
+                softmax_row(row, query + 1, scale, hidden);
+            });
+        let part = matmul(p.clone(), value.narrow(2, 0, end));
+        write_rows(&mut output, values(&part), seq, start, dim, false);
+        probabilities.push(p);
+    }
+    Saved {
+        query,
+        key,
+        value,
+        output: tensor(output, [batch, heads, seq, dim]),
+        probabilities,
+        scale,
+    }
+}
+
+/// The gradients of the query, key and value from the output's.
+fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
+    let [batch, heads, seq, dim] = dims(&saved.query);
+    let grad = contiguous(grad);
+    let delta = values(&grad)
+        .par_chunks(dim)
+        .zip(values(&saved.output).par_chunks(dim))
+        .map(|(g, o)| g.iter().zip(o).map(|(g, o)| g * o).sum::<f32>())
+        .collect::<Vec<_>>();
+    let n = batch * heads * seq * dim;
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    for ((start, end), p) in blocks(seq).zip(&saved.probabilities) {
+        let rows = end - start;
+        let grad_rows = grad.narrow(2, start, rows);
+        let mut ds = matmul(
+            grad_rows.clone(),
+            saved.value.narrow(2, 0, end).transpose(2, 3),
+        );
+        ds.storage_mut::<f32>()
+            .par_chunks_mut(end)
+            .zip(values(p).par_chunks(end))
+            .enumerate()
+            .for_each(|(i, (ds, p))| {
+                let row = i / rows * seq + start + i % rows;
+                softmax_row_backward(ds, p, delta[row], saved.scale);
+            });
+        let part = matmul(ds.clone(), saved.key.narrow(2, 0, end));
+        write_rows(&mut dq, values(&part), seq, start, dim, false);
+        let part = matmul(ds.transpose(2, 3), saved.query.narrow(2, start, rows));
+        write_rows(&mut dk, values(&part), seq, 0, dim, true);
+        let part = matmul(p.transpose(2, 3), grad_rows);
+        write_rows(&mut dv, values(&part), seq, 0, dim, true);
+    }
+    let shape = [batch, heads, seq, dim];
+    [tensor(dq, shape), tensor(dk, shape), tensor(dv, shape)]
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let gradients = backward(&ops.state, grad);
+        for (parent, gradient) in ops.parents.into_iter().zip(gradients) {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, gradient);
+            }
+        }
+    }
+}
+
+type Tracked = Autodiff<Flex>;
+
+/// Causal attention on `[batch, heads, seq, head_dim]` with Ember's kernel: `None` unless `B`
+/// is flex or autodiff over flex (and the kernels are on), the tensors are `f32`, the queries
+/// are the keys' positions (no KV cache), and an extra `mask` is `[batch or 1, heads or 1,
+/// seq, seq]`.
+pub(crate) fn causal_attention<B: Backend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+) -> Option<Tensor<B, 4>> {
+    let [batch, heads, seq, head_dim] = query.dims();
+    if !super::flex::is_flex::<B>()
+        || key.dims() != [batch, heads, seq, head_dim]
+        || value.dims() != [batch, heads, seq, head_dim]
+        || query.dtype() != DType::F32
+    {
+        return None;
+    }
+    let mask = match mask {
+        Some(mask) => Some(Mask::new(mask, batch, heads)?),
+        None => None,
+    };
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let (query, key, value): (&dyn Any, &dyn Any, &dyn Any) = (query, key, value);
+    let output: Box<dyn Any> = if let Some(query) = query.downcast_ref::<Tensor<Flex, 4>>() {
+        let [key, value] = [key, value].map(|t| {
+            let t = t.downcast_ref::<Tensor<Flex, 4>>().expect("one backend");
+            t.clone().into_primitive().tensor()
+        });
+        let saved = forward(
+            query.clone().into_primitive().tensor(),
+            key,
+            value,
+            mask.as_ref(),
+            scale,
+        );
+        Box::new(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
+            saved.output,
+        )))
+    } else {
+        let [query, key, value] = [query, key, value].map(|t| {
+            let t = t.downcast_ref::<Tensor<Tracked, 4>>().expect("one backend");
+            t.clone().into_primitive().tensor()
+        });
+        let saved = forward(
+            query.primitive.clone(),
+            key.primitive.clone(),
+            value.primitive.clone(),
+            mask.as_ref(),
+            scale,
+        );
+        let output = saved.output.clone();
+        let nodes = [&query, &key, &value].map(|t| t.node.clone());
+        let tracked = match AttentionBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(saved, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        Box::new(Tensor::<Tracked, 4>::from_primitive(
+            TensorPrimitive::Float(tracked),
+        ))
+    };
+    Some(
+        *output
+            .downcast::<Tensor<B, 4>>()
+            .expect("B is the backend matched above"),
+    )
+}
