@@ -69,7 +69,7 @@ fn inputs<B: Backend>(seq: usize, head_dim: usize, device: &B::Device) -> [Tenso
 /// The implementations agree (at a length of several of Ember's query blocks), or the
 /// comparison is meaningless.
 fn check<B: Backend>(device: &B::Device) {
-    let [q, k, v] = inputs::<B>(150, 16, device);
+    let [q, k, v] = inputs::<B>(300, 16, device);
     let reference = naive(q.clone(), k.clone(), v.clone());
     for (name, attend) in [("ember", ember::<B> as Attend<B>), ("fused", fused::<B>)] {
         let out = attend(q.clone(), k.clone(), v.clone());

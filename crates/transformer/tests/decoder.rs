@@ -466,21 +466,21 @@ mod flex_kernels {
     }
 
     /// Ember's attention against burn's op alone, at a length that spans three query blocks
-    /// (64, 64, 22 rows) and with a mask broadcast over the heads: outputs and the gradients
+    /// (128, 128 and 44 rows) and with a mask broadcast over the heads: outputs and the gradients
     /// of the queries, keys and values, with and without autodiff.
     #[test]
     fn attention_matches_burns_op_across_blocks() {
         let device = Default::default();
-        let [batch, heads, seq, dim] = [2, 3, 150, 16];
+        let [batch, heads, seq, dim] = [2, 3, 300, 16];
         let input = |salt: usize| {
             let values = (0..batch * heads * seq * dim)
                 .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 1.5)
                 .collect::<Vec<_>>();
             TensorData::new(values, [batch, heads, seq, dim])
         };
-        // Item 1 holds two packed documents: rows from 100 on see only keys from 100 on.
+        // Item 1 holds two packed documents: rows from 200 on see only keys from 200 on.
         let mask = (0..batch * seq * seq)
-            .map(|i| i / (seq * seq) == 1 && (i / seq) % seq >= 100 && i % seq < 100)
+            .map(|i| i / (seq * seq) == 1 && (i / seq) % seq >= 200 && i % seq < 200)
             .collect::<Vec<_>>();
         let hidden = TensorData::new(mask, [batch, 1, seq, seq]);
         for masked in [false, true] {
@@ -510,7 +510,7 @@ mod flex_kernels {
             // query there equals that key's value row.
             if masked {
                 let v = input(2).to_vec::<f32>().unwrap();
-                let row = (heads * seq + 100) * dim;
+                let row = (heads * seq + 200) * dim;
                 close(
                     &kernels[0][row..row + dim],
                     &v[row..row + dim],

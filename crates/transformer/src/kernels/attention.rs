@@ -1,11 +1,11 @@
 //! Causal attention on flex as one op with its own backward pass.
 //!
 //! Queries are taken in blocks of [`BLOCK`] rows; block `i` multiplies only against the keys
-//! it can see (`..(i + 1)·BLOCK`), so the matmuls skip most of the masked upper triangle
-//! (at sequence 256, 10 of 16 tiles are computed). Each block's scores become probabilities
-//! in place ([`super::softmax_row`]), and those probabilities are what the backward pass keeps
-//! (no recomputation: the shapes this runs at are small enough to hold them). Backward, per
-//! block, with `δ = rowsum(dO ⊙ O)`:
+//! it can see (`..(i + 1)·BLOCK`), so at long sequences the matmuls skip most of the masked
+//! upper triangle (at 1024, 36 of 64 tiles are computed). Each block's scores become
+//! probabilities in place ([`super::softmax_row`]), and those probabilities are what the
+//! backward pass keeps (no recomputation: the shapes this runs at are small enough to hold
+//! them). Backward, per block, with `δ = rowsum(dO ⊙ O)`:
 //!
 //! ```text
 //! dP = dO·Vᵀ    dS = scale · P ⊙ (dP − δ)    dQ = dS·K    dK += dSᵀ·Q    dV += Pᵀ·dO
@@ -30,9 +30,10 @@ use std::any::Any;
 
 use super::{softmax_row, softmax_row_backward};
 
-/// Query rows per block: small enough that block-causal matmuls skip most of the masked
-/// triangle, large enough for efficient matmuls.
-const BLOCK: usize = 64;
+/// Query rows per block. Smaller blocks skip more of the masked triangle but make smaller,
+/// less efficient matmuls: on the 2-core development machine, 128 beat 32 and 64 at
+/// sequences 256 and 512 (`cargo bench --bench attention`, forward + backward).
+const BLOCK: usize = 128;
 
 /// The `[start, end)` query rows of each block.
 fn blocks(seq: usize) -> impl Iterator<Item = (usize, usize)> {
