@@ -351,7 +351,7 @@ fn pretrain_resume_and_generate() {
 fn bad_input_gets_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &[
                 "reward",
@@ -366,6 +366,10 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
             "would reorder the judge's levels",
         ),
         (&["bench", "--steps", "0"], "--steps must be at least 1"),
+        (
+            &["bench", "--peak-tflops", "0"],
+            "--peak-tflops must be a positive number",
+        ),
         (&["tokenizer", "train", "missing.txt"], "missing.txt"),
         (&["pretrain", "--run", "empty-run"], "--data is required"),
         (
@@ -488,6 +492,32 @@ fn bench_prints_training_and_generation_tables() {
             .unwrap_or_else(|| panic!("no batch {batch}row: {log}"));
         assert!(row.ends_with("100.0%"), "{row}");
     }
+
+    // bf16 (emulated on flex) with an MFU column: at a peak of 0.1 TFLOP/s, MFU in percent
+    // is the GFLOP/s figure itself (printed to one decimal, MFU to two).
+    let out = ember(
+        &[
+            "bench",
+            "--shapes",
+            "tiny",
+            "--steps",
+            "1",
+            "--no-generation",
+            "--precision",
+            "bf16",
+            "--peak-tflops",
+            "0.1",
+        ],
+        dir.path(),
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("Gpt2-shaped, BF16;"), "{log}");
+    let row = log.lines().find(|l| l.starts_with("tiny ")).unwrap();
+    let fields = row.split_whitespace().collect::<Vec<_>>();
+    let gflops = fields[6].parse::<f64>().unwrap();
+    let mfu = fields[7].trim_end_matches('%').parse::<f64>().unwrap();
+    assert!(gflops > 0.0 && (mfu - gflops).abs() <= 0.051, "{row}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, IntDType, Tensor, TensorData};
 use ember_train::{fit, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig};
 use ember_transformer::{
     generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch,
@@ -46,6 +46,24 @@ pub struct Args {
     /// `off` runs burn's own ops there, for comparison. No effect on wgpu and cuda.
     #[arg(long, value_enum, default_value = "on")]
     pub kernels: Kernels,
+    /// The float type of every tensor: parameters, activations, gradients and the optimizer's
+    /// state (burn 0.21 has no mixed-precision autocast). `bf16` needs a backend that supports
+    /// it (cuda; flex emulates it through f32, slowly).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
+    /// The device's peak throughput in TFLOP/s at `--precision` (an H100 SXM: 989 dense bf16);
+    /// with it the training table adds MFU, the achieved share of that peak.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+}
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 everywhere.
+    Bf16,
 }
 
 /// `--kernels`.
@@ -78,6 +96,12 @@ impl From<ArchitectureArg> for Architecture {
 /// Runs `ember bench`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    if let Some(peak) = args.peak_tflops {
+        anyhow::ensure!(
+            peak.is_finite() && peak > 0.0,
+            "--peak-tflops must be a positive number, not {peak}"
+        );
+    }
     ember_transformer::set_flex_kernels(args.kernels == Kernels::On);
     with_backend!(args.device, |B, AD, device| bench::<AD>(&args, &device))
 }
@@ -133,6 +157,11 @@ fn flops_per_token(config: &GptConfig) -> f64 {
 }
 
 fn bench<B: AutodiffBackend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
+    if args.precision == Precision::Bf16 {
+        // Before any tensor exists on the device: the first one fixes its defaults.
+        burn::tensor::set_default_dtypes::<B>(device, FloatDType::BF16, IntDType::I64)
+            .map_err(|e| anyhow::anyhow!("--precision bf16 on {:?}: {e:?}", args.device))?;
+    }
     // The training loop's checkpoints go to a scratch folder, removed whatever happens.
     let scratch = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
     let trained = training::<B>(args, device, &scratch);
@@ -150,12 +179,19 @@ fn training<B: AutodiffBackend>(
     device: &B::Device,
     scratch: &std::path::Path,
 ) -> anyhow::Result<()> {
+    // What new tensors on the device are: the device's default, which `--precision` sets.
+    let dtype = Tensor::<B, 1>::zeros([1], device).dtype();
     println!(
-        "training steps ({:?}-shaped; forward, backward, global-norm clipping, AdamW; kernels {:?}), median of {}:",
+        "training steps ({:?}-shaped, {dtype:?}; forward, backward, global-norm clipping, AdamW; kernels {:?}), median of {}:",
         args.architecture, args.kernels, args.steps
     );
+    let mfu_header = if args.peak_tflops.is_some() {
+        "      MFU"
+    } else {
+        ""
+    };
     println!(
-        "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}",
+        "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}{mfu_header}",
         "shape", "params", "batch", "tokens", "step (ms)", "tokens/s", "GFLOP/s"
     );
     for &preset in &args.shapes {
@@ -188,14 +224,18 @@ fn training<B: AutodiffBackend>(
         // The first two steps allocate and warm caches.
         let step = median(summary.step_seconds[2..].to_vec());
         let tokens_per_second = (batch * seq) as f64 / step;
+        let gflops = tokens_per_second * flops_per_token(&config) / 1e9;
+        let mfu = args
+            .peak_tflops
+            .map(|peak| format!(" {:>7.2}%", 100.0 * gflops / (peak * 1e3)))
+            .unwrap_or_default();
         println!(
-            "{:<11} {:>8.2}M {batch:>7} {:>8} {:>12.1} {:>11.0} {:>9.1}",
+            "{:<11} {:>8.2}M {batch:>7} {:>8} {:>12.1} {:>11.0} {gflops:>9.1}{mfu}",
             preset.name(),
             config.num_params() as f64 / 1e6,
             batch * seq,
             step * 1e3,
             tokens_per_second,
-            tokens_per_second * flops_per_token(&config) / 1e9
         );
     }
     Ok(())
