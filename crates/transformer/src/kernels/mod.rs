@@ -16,7 +16,8 @@
 //!
 //! Causal attention is one op of its own instead (`attention`, with the `flex` feature):
 //! block-causal matmuls, the row softmax here, and a backward pass registered with burn's
-//! autodiff.
+//! autodiff. The losses, whose gradients are computed in the forward pass, become one graph
+//! node that hands them back (`flex::with_gradients`).
 
 // Without the `flex` feature only their tests use the slice kernels.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
