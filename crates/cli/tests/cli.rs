@@ -457,32 +457,29 @@ fn tasks_export_writes_data_the_other_commands_read() {
     assert!(text(&out).contains("24 conversations"), "{}", text(&out));
 }
 
-#[test]
-fn bench_prints_training_and_generation_tables() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = ember(
-        &[
-            "bench",
-            "--shapes",
-            "tiny",
-            "--steps",
-            "1",
-            "--new-tokens",
-            "4",
-        ],
-        dir.path(),
-    );
+/// Runs `ember bench --shapes tiny --steps 1` with `extra` arguments: its log and the fields
+/// of its `tiny` row.
+fn bench_tiny(extra: &[&str], dir: &Path) -> (String, Vec<String>) {
+    let args = [&["bench", "--shapes", "tiny", "--steps", "1"][..], extra].concat();
+    let out = ember(&args, dir);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     let row = log
         .lines()
         .find(|l| l.starts_with("tiny "))
         .unwrap_or_else(|| panic!("no tiny row: {log}"));
+    let fields = row.split_whitespace().map(String::from).collect();
+    (log, fields)
+}
+
+#[test]
+fn bench_prints_training_and_generation_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, fields) = bench_tiny(&["--new-tokens", "4"], dir.path());
     // params, batch, tokens per step, then three positive figures.
-    let fields = row.split_whitespace().collect::<Vec<_>>();
-    assert_eq!(fields[1..4], ["1.33M", "16", "2048"], "{row}");
+    assert_eq!(fields[1..4], ["1.33M", "16", "2048"], "{fields:?}");
     for figure in &fields[4..7] {
-        assert!(figure.parse::<f64>().unwrap() > 0.0, "{row}");
+        assert!(figure.parse::<f64>().unwrap() > 0.0, "{fields:?}");
     }
     // Batches 1 and 8, the KV cache giving the same greedy tokens as full recomputation.
     for batch in ["1 ", "8 "] {
@@ -495,29 +492,18 @@ fn bench_prints_training_and_generation_tables() {
 
     // bf16 (emulated on flex) with an MFU column: at a peak of 0.1 TFLOP/s, MFU in percent
     // is the GFLOP/s figure itself (printed to one decimal, MFU to two).
-    let out = ember(
-        &[
-            "bench",
-            "--shapes",
-            "tiny",
-            "--steps",
-            "1",
-            "--no-generation",
-            "--precision",
-            "bf16",
-            "--peak-tflops",
-            "0.1",
-        ],
-        dir.path(),
-    );
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let extra = [
+        "--no-generation",
+        "--precision",
+        "bf16",
+        "--peak-tflops",
+        "0.1",
+    ];
+    let (log, fields) = bench_tiny(&extra, dir.path());
     assert!(log.contains("Gpt2-shaped, BF16;"), "{log}");
-    let row = log.lines().find(|l| l.starts_with("tiny ")).unwrap();
-    let fields = row.split_whitespace().collect::<Vec<_>>();
     let gflops = fields[6].parse::<f64>().unwrap();
     let mfu = fields[7].trim_end_matches('%').parse::<f64>().unwrap();
-    assert!(gflops > 0.0 && (mfu - gflops).abs() <= 0.051, "{row}");
+    assert!(gflops > 0.0 && (mfu - gflops).abs() <= 0.051, "{fields:?}");
 }
 
 #[test]
