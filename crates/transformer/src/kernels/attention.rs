@@ -36,7 +36,7 @@ use super::{softmax_row, softmax_row_backward};
 const BLOCK: usize = 128;
 
 /// The `[start, end)` query rows of each block.
-fn blocks(seq: usize) -> impl Iterator<Item = (usize, usize)> {
+fn blocks(seq: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> + ExactSizeIterator {
     (0..seq)
         .step_by(BLOCK)
         .map(move |start| (start, (start + BLOCK).min(seq)))
@@ -176,9 +176,19 @@ fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
         .zip(values(&saved.output).par_chunks(dim))
         .map(|(g, o)| g.iter().zip(o).map(|(g, o)| g * o).sum::<f32>())
         .collect::<Vec<_>>();
-    let n = batch * heads * seq * dim;
-    let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
-    for ((start, end), p) in blocks(seq).zip(&saved.probabilities) {
+    let mut dq = vec![0.0f32; batch * heads * seq * dim];
+    // The key and value gradients accumulate over the query blocks. The last block sees every
+    // key, so going backwards its products are the full-size accumulators (no zeroed buffers,
+    // no pass to add them), and each earlier block adds into their first rows.
+    let (mut dk, mut dv): (Option<FlexTensor>, Option<FlexTensor>) = (None, None);
+    let accumulate = |total: Option<FlexTensor>, part: FlexTensor| match total {
+        None => part,
+        Some(mut total) => {
+            write_rows(total.storage_mut::<f32>(), values(&part), seq, 0, dim, true);
+            total
+        }
+    };
+    for ((start, end), p) in blocks(seq).zip(&saved.probabilities).rev() {
         let rows = end - start;
         let grad_rows = grad.narrow(2, start, rows);
         let mut ds = matmul(
@@ -196,12 +206,12 @@ fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
         let part = matmul(ds.clone(), saved.key.narrow(2, 0, end));
         write_rows(&mut dq, values(&part), seq, start, dim, false);
         let part = matmul(ds.transpose(2, 3), saved.query.narrow(2, start, rows));
-        write_rows(&mut dk, values(&part), seq, 0, dim, true);
+        dk = Some(accumulate(dk, part));
         let part = matmul(p.transpose(2, 3), grad_rows);
-        write_rows(&mut dv, values(&part), seq, 0, dim, true);
+        dv = Some(accumulate(dv, part));
     }
-    let shape = [batch, heads, seq, dim];
-    [tensor(dq, shape), tensor(dk, shape), tensor(dv, shape)]
+    let full = |t: Option<FlexTensor>| t.expect("a sequence has at least one block");
+    [tensor(dq, [batch, heads, seq, dim]), full(dk), full(dv)]
 }
 
 #[derive(Debug)]
