@@ -28,6 +28,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::any::Any;
 
+use super::flex::{contiguous, slice};
 use super::{softmax_row, softmax_row_backward};
 
 /// Query rows per block. Smaller blocks skip more of the masked triangle but make smaller,
@@ -97,17 +98,6 @@ fn dims(tensor: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
-    match tensor.as_slice::<f32>() {
-        Some(_) => tensor,
-        None => tensor.to_contiguous(),
-    }
-}
-
-fn values(tensor: &FlexTensor) -> &[f32] {
-    tensor.as_slice::<f32>().expect("a contiguous f32 tensor")
-}
-
 /// `out[.., start..start + rows, ..] (+)= part` for `[batch·heads, seq, dim]` against
 /// `[batch·heads, rows, dim]`.
 fn write_rows(out: &mut [f32], part: &[f32], seq: usize, start: usize, dim: usize, add: bool) {
@@ -154,7 +144,7 @@ fn forward(
                 softmax_row(row, query + 1, scale, hidden);
             });
         let part = matmul(p.clone(), value.narrow(2, 0, end));
-        write_rows(&mut output, values(&part), seq, start, dim, false);
+        write_rows(&mut output, slice(&part), seq, start, dim, false);
         probabilities.push(p);
     }
     Saved {
@@ -171,9 +161,9 @@ fn forward(
 fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
     let [batch, heads, seq, dim] = dims(&saved.query);
     let grad = contiguous(grad);
-    let delta = values(&grad)
+    let delta = slice(&grad)
         .par_chunks(dim)
-        .zip(values(&saved.output).par_chunks(dim))
+        .zip(slice(&saved.output).par_chunks(dim))
         .map(|(g, o)| g.iter().zip(o).map(|(g, o)| g * o).sum::<f32>())
         .collect::<Vec<_>>();
     let mut dq = vec![0.0f32; batch * heads * seq * dim];
@@ -184,7 +174,7 @@ fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
     let accumulate = |total: Option<FlexTensor>, part: FlexTensor| match total {
         None => part,
         Some(mut total) => {
-            write_rows(total.storage_mut::<f32>(), values(&part), seq, 0, dim, true);
+            write_rows(total.storage_mut::<f32>(), slice(&part), seq, 0, dim, true);
             total
         }
     };
@@ -197,14 +187,14 @@ fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
         );
         ds.storage_mut::<f32>()
             .par_chunks_mut(end)
-            .zip(values(p).par_chunks(end))
+            .zip(slice(p).par_chunks(end))
             .enumerate()
             .for_each(|(i, (ds, p))| {
                 let row = i / rows * seq + start + i % rows;
                 softmax_row_backward(ds, p, delta[row], saved.scale);
             });
         let part = matmul(ds.clone(), saved.key.narrow(2, 0, end));
-        write_rows(&mut dq, values(&part), seq, start, dim, false);
+        write_rows(&mut dq, slice(&part), seq, start, dim, false);
         let part = matmul(ds.transpose(2, 3), saved.query.narrow(2, start, rows));
         dk = Some(accumulate(dk, part));
         let part = matmul(p.transpose(2, 3), grad_rows);

@@ -45,11 +45,15 @@ fn flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor>
     } else {
         any.downcast_ref::<Tensor<Tracked, D>>()?.clone().inner()
     };
-    let primitive = inner.into_primitive().tensor();
-    Some(match primitive.as_slice::<f32>() {
-        Some(_) => primitive,
-        None => primitive.to_contiguous(),
-    })
+    Some(contiguous(inner.into_primitive().tensor()))
+}
+
+/// `tensor` itself when its values are one contiguous run, else a contiguous copy.
+pub(super) fn contiguous(tensor: FlexTensor) -> FlexTensor {
+    match tensor.as_slice::<f32>() {
+        Some(_) => tensor,
+        None => tensor.to_contiguous(),
+    }
 }
 
 /// A constant tensor of `B` (flex or autodiff over flex) holding `values`.
@@ -65,7 +69,7 @@ fn constant<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> 
         .expect("constant() is only called once flex() has matched B")
 }
 
-fn slice(tensor: &FlexTensor) -> &[f32] {
+pub(super) fn slice(tensor: &FlexTensor) -> &[f32] {
     tensor
         .as_slice::<f32>()
         .expect("flex() returns contiguous f32 tensors")
