@@ -28,7 +28,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::any::Any;
 
-use super::flex::{contiguous, slice};
+use super::flex::{as_backend, contiguous, slice};
 use super::{softmax_row, softmax_row_backward};
 
 /// Query rows per block. Smaller blocks skip more of the masked triangle but make smaller,
@@ -247,7 +247,7 @@ pub(crate) fn causal_attention<B: Backend>(
     };
     let scale = 1.0 / (head_dim as f32).sqrt();
     let (query, key, value): (&dyn Any, &dyn Any, &dyn Any) = (query, key, value);
-    let output: Box<dyn Any> = if let Some(query) = query.downcast_ref::<Tensor<Flex, 4>>() {
+    let output = if let Some(query) = query.downcast_ref::<Tensor<Flex, 4>>() {
         let [key, value] = [key, value].map(|t| {
             let t = t.downcast_ref::<Tensor<Flex, 4>>().expect("one backend");
             t.clone().into_primitive().tensor()
@@ -259,7 +259,7 @@ pub(crate) fn causal_attention<B: Backend>(
             mask.as_ref(),
             scale,
         );
-        Box::new(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
+        as_backend(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
             saved.output,
         )))
     } else {
@@ -284,13 +284,9 @@ pub(crate) fn causal_attention<B: Backend>(
             OpsKind::Tracked(prep) => prep.finish(saved, output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         };
-        Box::new(Tensor::<Tracked, 4>::from_primitive(
+        as_backend(Tensor::<Tracked, 4>::from_primitive(
             TensorPrimitive::Float(tracked),
         ))
     };
-    Some(
-        *output
-            .downcast::<Tensor<B, 4>>()
-            .expect("B is the backend matched above"),
-    )
+    Some(output)
 }

@@ -59,14 +59,20 @@ pub(super) fn contiguous(tensor: FlexTensor) -> FlexTensor {
 /// A constant tensor of `B` (flex or autodiff over flex) holding `values`.
 fn constant<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
     let inner = Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &Default::default());
-    let boxed: Box<dyn Any> = if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Flex>() {
-        Box::new(inner)
+    if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Flex>() {
+        as_backend(inner)
     } else {
-        Box::new(Tensor::<Tracked, D>::from_inner(inner))
-    };
+        as_backend(Tensor::<Tracked, D>::from_inner(inner))
+    }
+}
+
+/// `tensor`, a `Tensor<Flex, D>` or `Tensor<Autodiff<Flex>, D>`, as the `Tensor<B, D>` it is:
+/// the callers have matched `B` to its type first.
+pub(super) fn as_backend<B: Backend, const D: usize>(tensor: impl Any) -> Tensor<B, D> {
+    let boxed: Box<dyn Any> = Box::new(tensor);
     *boxed
         .downcast::<Tensor<B, D>>()
-        .expect("constant() is only called once flex() has matched B")
+        .expect("B is the tensor's backend")
 }
 
 pub(super) fn slice(tensor: &FlexTensor) -> &[f32] {
@@ -233,12 +239,7 @@ pub(crate) fn with_gradients<B: AutodiffBackend, const N: usize>(
         }
         OpsKind::UnTracked(prep) => prep.finish(value),
     };
-    let output: Box<dyn Any> = Box::new(Tensor::<Tracked, 1>::from_primitive(
+    Some(as_backend(Tensor::<Tracked, 1>::from_primitive(
         TensorPrimitive::Float(output),
-    ));
-    Some(
-        *output
-            .downcast::<Tensor<B, 1>>()
-            .expect("B is autodiff over flex"),
-    )
+    )))
 }
