@@ -30,7 +30,17 @@ pub fn linear<B: Backend>(
 /// weight gradient is one matmul with `batch · seq` as its inner dimension.
 pub(crate) fn linear_rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, d] = x.dims();
-    let y = layer.forward(x.reshape([batch * seq, d]));
+    let x = x.reshape([batch * seq, d]);
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::kernels::flex::matmul_few_rows(
+        &x,
+        &layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()).as_ref(),
+    ) {
+        let d_output = y.dims()[1];
+        return y.reshape([batch, seq, d_output]);
+    }
+    let y = layer.forward(x);
     let d_output = y.dims()[1];
     y.reshape([batch, seq, d_output])
 }

@@ -162,11 +162,14 @@ impl<B: Backend> Gpt<B> {
         // of the time of a decoding step.
         let [batch, seq, d] = hidden.dims();
         let weight = self.token_embedding.weight.val().transpose();
-        hidden.reshape([batch * seq, d]).matmul(weight).reshape([
-            batch,
-            seq,
-            self.config.vocab_size,
-        ])
+        let hidden = hidden.reshape([batch * seq, d]);
+        #[cfg(feature = "flex")]
+        if let Some(logits) = crate::kernels::flex::matmul_few_rows(&hidden, &weight, None) {
+            return logits.reshape([batch, seq, self.config.vocab_size]);
+        }
+        hidden
+            .matmul(weight)
+            .reshape([batch, seq, self.config.vocab_size])
     }
 
     /// Next-token logits of unpadded rows starting at position 0.

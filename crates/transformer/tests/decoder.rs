@@ -371,7 +371,7 @@ mod wgpu {
 mod flex_kernels {
     use super::*;
     use burn::backend::Autodiff;
-    use burn::module::AutodiffModule;
+    use burn::module::{AutodiffModule, ModuleMapper};
     use burn::tensor::Bool;
     use ember_transformer::{causal_attention, set_flex_kernels, DecoderInput, Positions};
 
@@ -462,6 +462,56 @@ mod flex_kernels {
             let (reference, kernels) =
                 both(|| values(inner.forward(tokens::<Flex>(&rows[..1], &device))));
             close(&reference, &kernels, &format!("{architecture:?}: logits"));
+        }
+    }
+
+    /// Decoding steps of 2 and 5 rows take Ember's few-rows matmuls (the tied head read in
+    /// place as the embedding's transpose, GPT-2's biases added): the same logits as burn's
+    /// matmuls, for the prefill (10 and 25 rows) and three steps after it.
+    #[test]
+    fn decoding_steps_give_burns_logits() {
+        let device = Default::default();
+        // Biases start at zero: shift every vector parameter so that they count.
+        struct Shift;
+        impl ModuleMapper<Flex> for Shift {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<Flex, D>>,
+            ) -> Param<Tensor<Flex, D>> {
+                if D == 1 {
+                    param.map(|t| t.clone() + t.ones_like().cumsum(0) * 0.01)
+                } else {
+                    param
+                }
+            }
+        }
+        for architecture in ARCHITECTURES {
+            let model = model::<Flex>(architecture, &device).map(&mut Shift);
+            for batch in [2, 5] {
+                let prompts = (0..batch)
+                    .map(|b| sequence(5 + b)[b..].to_vec())
+                    .collect::<Vec<_>>();
+                let (reference, kernels) = both(|| {
+                    let mut cache = KvCache::new(model.config().n_layers);
+                    let mut logits =
+                        values(model.forward_cached(tokens(&prompts, &device), &mut cache));
+                    for step in 0..3 {
+                        let next = (0..batch)
+                            .map(|b| vec![((step * 13 + b * 7) % 97) as u32])
+                            .collect::<Vec<_>>();
+                        logits.extend(values(
+                            model.forward_cached(tokens(&next, &device), &mut cache),
+                        ));
+                    }
+                    logits
+                });
+                assert_eq!(reference.len(), batch * (5 + 3) * 97);
+                close(
+                    &reference,
+                    &kernels,
+                    &format!("{architecture:?}, batch {batch}: decoding logits"),
+                );
+            }
         }
     }
 

@@ -36,6 +36,11 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
 
 /// The values of `tensor` as a contiguous flex tensor of `f32` (a view when they already are).
 fn flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    flex_view(tensor).map(contiguous)
+}
+
+/// The flex tensor behind `tensor`, in whatever layout it has, when it holds `f32` values.
+fn flex_view<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
     if tensor.dtype() != DType::F32 || !is_flex::<B>() {
         return None;
     }
@@ -45,7 +50,7 @@ fn flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor>
     } else {
         any.downcast_ref::<Tensor<Tracked, D>>()?.clone().inner()
     };
-    Some(contiguous(inner.into_primitive().tensor()))
+    Some(inner.into_primitive().tensor())
 }
 
 /// `tensor` itself when its values are one contiguous run, else a contiguous copy.
@@ -85,6 +90,48 @@ pub(super) fn slice(tensor: &FlexTensor) -> &[f32] {
 /// few thousand values, and there the kernel's setup (a copy of the result into a new tensor)
 /// costs more than it saves (measured with `ember bench`'s generation).
 const INFERENCE_MIN: usize = 1 << 16;
+
+/// Rows up to which an inference matmul takes Ember's few-rows kernels (`kernels::matmul`)
+/// instead of flex's gemm: a decoding step has one row per sequence of the batch. From 2 to
+/// 16 rows they beat the gemm (batch 4: +35% decoding tokens/s, batch 8: +20%), at 32 they
+/// lose; a single row takes the gemm's own matrix-vector path, which streams the weights as
+/// fast as they do (measured with `ember bench`'s decoding shapes).
+const FEW_ROWS: usize = 16;
+
+/// `x · w (+ bias)` for a few rows of `x` (`[rows, k]`, `w`: `[k, n]`) without autodiff, on
+/// flex: `None` otherwise. `w` may be stored as it is or as the transpose of a stored matrix
+/// (a tied embedding's `[n, k]`); neither is copied.
+pub(crate) fn matmul_few_rows<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 2>> {
+    let [rows, _] = x.dims();
+    if !(2..=FEW_ROWS).contains(&rows) || B::ad_enabled(&x.device()) {
+        return None;
+    }
+    let (xv, wv) = (flex(x)?, flex_view(w)?);
+    let bias = match bias {
+        Some(b) => Some(flex(b)?),
+        None => None,
+    };
+    let n = w.dims()[1];
+    let bias = bias.as_ref().map(slice);
+    let y = if let Some(w) = wv.as_slice::<f32>() {
+        super::matmul::rows_times(slice(&xv), rows, w, n, bias)
+    } else {
+        // Any other layout than these two: the gemm, which copies it anyway.
+        let stored = wv.transpose(0, 1);
+        let mut y = super::matmul::rows_times_transposed(slice(&xv), rows, stored.as_slice()?, n);
+        if let Some(bias) = bias {
+            for row in y.chunks_exact_mut(n) {
+                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
+        }
+        y
+    };
+    Some(constant(y, [rows, n]))
+}
 
 /// `gelu_tanh(x)`, as a value (no autodiff) or linearised (autodiff): `None` off flex.
 pub(crate) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {

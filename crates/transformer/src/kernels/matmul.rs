@@ -1,0 +1,349 @@
+//! Matrix products with few rows: a decoding step multiplies one row per sequence by every
+//! weight matrix. A general gemm packs both operands into blocks before multiplying, which for
+//! 1–16 rows costs as much as the product (the weights are copied once per call to multiply
+//! them once). These kernels read the weights where they lie, once per group of four rows,
+//! with the CPU's widest vectors and fused multiply-adds (chosen at run time through `pulp`:
+//! AVX2 and FMA where the CPU has them, SSE or scalar code elsewhere), and split the columns
+//! over rayon's threads when there is enough work.
+
+use std::ops::Range;
+
+use pulp::{Arch, Simd, WithSimd};
+use rayon::prelude::*;
+
+/// Multiply-adds below which one thread does all the work.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// `x · w (+ bias)`: `x` is `[rows, k]`, `w` is `[k, n]`, both row-major; the result is
+/// `[rows, n]`.
+pub(crate) fn rows_times(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let k = w.len().checked_div(n).unwrap_or(0);
+    debug_assert_eq!(x.len(), rows * k);
+    debug_assert_eq!(w.len(), k * n);
+    by_columns(rows, n, rows * k * n, |cols, out| {
+        Arch::new().dispatch(RowsTimes {
+            x,
+            rows,
+            k,
+            w,
+            n,
+            bias,
+            cols,
+            out,
+        });
+    })
+}
+
+/// `x · eᵀ`: `x` is `[rows, k]`, `e` is `[n, k]` (a tied embedding), both row-major; the
+/// result is `[rows, n]`.
+pub(crate) fn rows_times_transposed(x: &[f32], rows: usize, e: &[f32], n: usize) -> Vec<f32> {
+    let k = e.len().checked_div(n).unwrap_or(0);
+    debug_assert_eq!(x.len(), rows * k);
+    debug_assert_eq!(e.len(), n * k);
+    by_columns(rows, n, rows * k * n, |cols, out| {
+        Arch::new().dispatch(RowsTimesTransposed {
+            x,
+            rows,
+            k,
+            e,
+            cols,
+            out,
+        });
+    })
+}
+
+/// Runs `f(columns, out)` over column ranges (each `out` is `[rows, columns.len()]`) and
+/// assembles the `[rows, n]` result: one range when `work` multiply-adds are few, else one per
+/// thread.
+fn by_columns(
+    rows: usize,
+    n: usize,
+    work: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let threads = rayon::current_num_threads();
+    if work < PARALLEL_MIN || threads < 2 || n < 64 {
+        let mut out = vec![0.0; rows * n];
+        f(0..n, &mut out);
+        return out;
+    }
+    // Ranges in multiples of 32 columns, so that every thread's tiles are whole vectors.
+    let step = n.div_ceil(threads).next_multiple_of(32);
+    let parts = (0..n)
+        .step_by(step)
+        .map(|start| start..(start + step).min(n))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|cols| {
+            let mut out = vec![0.0; rows * cols.len()];
+            f(cols.clone(), &mut out);
+            (cols, out)
+        })
+        .collect::<Vec<_>>();
+    let mut out = vec![0.0; rows * n];
+    for (cols, part) in parts {
+        let width = cols.len();
+        for (row, values) in part.chunks_exact(width).enumerate() {
+            out[row * n + cols.start..row * n + cols.end].copy_from_slice(values);
+        }
+    }
+    out
+}
+
+struct RowsTimes<'a> {
+    x: &'a [f32],
+    rows: usize,
+    k: usize,
+    w: &'a [f32],
+    n: usize,
+    bias: Option<&'a [f32]>,
+    cols: Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for RowsTimes<'_> {
+    type Output = ();
+
+    /// Row-streaming: the output rows stay in cache while the weight rows stream past once
+    /// per group of rows, read in order (a column-tile walk down the weights jumps a whole
+    /// row each step, which the prefetchers follow poorly once the weights are out of
+    /// cache). Four rows take two weight rows per pass, a single row four: enough
+    /// multiply-adds per load and store of the output.
+    #[inline(always)]
+    fn with_simd<S: Simd>(mut self, simd: S) {
+        let width = self.cols.len();
+        for row in self.out.chunks_exact_mut(width.max(1)) {
+            match self.bias {
+                Some(bias) => row.copy_from_slice(&bias[self.cols.clone()]),
+                None => row.fill(0.0),
+            }
+        }
+        let mut row = 0;
+        while row + 4 <= self.rows {
+            self.row_group::<S, 4, 2>(simd, row);
+            row += 4;
+        }
+        while row < self.rows {
+            self.row_group::<S, 1, 4>(simd, row);
+            row += 1;
+        }
+    }
+}
+
+impl RowsTimes<'_> {
+    /// Adds `x[first..first + R] · w` to the output rows, `U` weight rows per pass.
+    #[inline(always)]
+    fn row_group<S: Simd, const R: usize, const U: usize>(&mut self, simd: S, first: usize) {
+        let mut i = 0;
+        while i + U <= self.k {
+            self.pass::<S, R, U>(simd, first, i);
+            i += U;
+        }
+        while i < self.k {
+            self.pass::<S, R, 1>(simd, first, i);
+            i += 1;
+        }
+    }
+
+    /// `out[r] += Σ_u x[r, i + u] · w[i + u]` for the `R` rows from `first`.
+    #[inline(always)]
+    fn pass<S: Simd, const R: usize, const U: usize>(&mut self, simd: S, first: usize, i: usize) {
+        let (k, n, width) = (self.k, self.n, self.cols.len());
+        let cols = &self.cols;
+        let w: [(&[S::f32s], &[f32]); U] = std::array::from_fn(|u| {
+            let start = (i + u) * n;
+            S::as_simd_f32s(&self.w[start + cols.start..start + cols.end])
+        });
+        let xs: [[f32; U]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|u| self.x[(first + r) * k + i + u]));
+        let xv: [[S::f32s; U]; R] = xs.map(|row| row.map(|x| simd.splat_f32s(x)));
+        let mut rows = self.out[first * width..(first + R) * width].chunks_exact_mut(width);
+        let mut out: [(&mut [S::f32s], &mut [f32]); R] = std::array::from_fn(|_| {
+            S::as_mut_simd_f32s(rows.next().expect("R rows of the output"))
+        });
+        for j in 0..w[0].0.len() {
+            let wj: [S::f32s; U] = std::array::from_fn(|u| w[u].0[j]);
+            for (r, (vectors, _)) in out.iter_mut().enumerate() {
+                let mut acc = vectors[j];
+                for u in 0..U {
+                    acc = simd.mul_add_f32s(xv[r][u], wj[u], acc);
+                }
+                vectors[j] = acc;
+            }
+        }
+        for (r, (_, tail)) in out.iter_mut().enumerate() {
+            for (c, y) in tail.iter_mut().enumerate() {
+                for u in 0..U {
+                    *y += xs[r][u] * w[u].1[c];
+                }
+            }
+        }
+    }
+}
+
+struct RowsTimesTransposed<'a> {
+    x: &'a [f32],
+    rows: usize,
+    k: usize,
+    e: &'a [f32],
+    cols: Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for RowsTimesTransposed<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(mut self, simd: S) {
+        let (width, rows) = (self.cols.len(), self.rows);
+        let mut row = 0;
+        while row + 2 <= rows {
+            self.row_group::<S, 2, 4>(simd, row, width);
+            row += 2;
+        }
+        if row < rows {
+            self.row_group::<S, 1, 8>(simd, row, width);
+        }
+    }
+}
+
+impl RowsTimesTransposed<'_> {
+    /// Rows `first..first + R` of the output, `V` embedding rows (output columns) at a time.
+    #[inline(always)]
+    fn row_group<S: Simd, const R: usize, const V: usize>(
+        &mut self,
+        simd: S,
+        first: usize,
+        width: usize,
+    ) {
+        let mut col = 0;
+        while col + V <= width {
+            self.tile::<S, R, V>(simd, first, col, width);
+            col += V;
+        }
+        while col < width {
+            self.tile::<S, R, 1>(simd, first, col, width);
+            col += 1;
+        }
+    }
+
+    /// Dot products of `R` input rows with `V` embedding rows, as vectors over `k` with a
+    /// scalar tail, each reduced once at the end.
+    #[inline(always)]
+    fn tile<S: Simd, const R: usize, const V: usize>(
+        &mut self,
+        simd: S,
+        first: usize,
+        col: usize,
+        width: usize,
+    ) {
+        let k = self.k;
+        let xs: [(&[S::f32s], &[f32]); R] =
+            std::array::from_fn(|r| S::as_simd_f32s(&self.x[(first + r) * k..(first + r + 1) * k]));
+        let es: [(&[S::f32s], &[f32]); V] = std::array::from_fn(|v| {
+            let e = self.cols.start + col + v;
+            S::as_simd_f32s(&self.e[e * k..(e + 1) * k])
+        });
+        let mut acc = [[simd.splat_f32s(0.0); V]; R];
+        for i in 0..xs[0].0.len() {
+            let e: [S::f32s; V] = std::array::from_fn(|v| es[v].0[i]);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = xs[r].0[i];
+                for v in 0..V {
+                    acc[v] = simd.mul_add_f32s(x, e[v], acc[v]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for v in 0..V {
+                let tail = xs[r].1.iter().zip(es[v].1).map(|(a, b)| a * b).sum::<f32>();
+                self.out[(first + r) * width + col + v] = simd.reduce_sum_f32s(acc[v]) + tail;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Sizes that leave remainders everywhere: rows beyond a group of four (or two), columns
+    /// beyond two vectors and beyond one, a `k` that is not a multiple of the vector width,
+    /// and enough work for the threaded path.
+    const SIZES: [(usize, usize, usize); 6] = [
+        (1, 8, 16),
+        (3, 5, 7),
+        (4, 33, 40),
+        (7, 64, 100),
+        (9, 19, 129),
+        (8, 256, 768),
+    ];
+
+    #[test]
+    fn rows_times_matches_an_f64_reference() {
+        for (seed, &(rows, k, n)) in SIZES.iter().enumerate() {
+            let (x, w, bias) = (
+                values(rows * k, seed as u64),
+                values(k * n, 100 + seed as u64),
+                values(n, 200 + seed as u64),
+            );
+            for bias in [None, Some(bias.as_slice())] {
+                let got = rows_times(&x, rows, &w, n, bias);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let want = bias.map_or(0.0, |b| f64::from(b[j]))
+                            + (0..k)
+                                .map(|i| f64::from(x[r * k + i]) * f64::from(w[i * n + j]))
+                                .sum::<f64>();
+                        let got = f64::from(got[r * n + j]);
+                        assert!(
+                            (got - want).abs() < 1e-5 * (1.0 + k as f64),
+                            "[{rows}×{k}]·[{k}×{n}] at ({r}, {j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_times_transposed_matches_an_f64_reference() {
+        for (seed, &(rows, k, n)) in SIZES.iter().enumerate() {
+            let (x, e) = (
+                values(rows * k, seed as u64),
+                values(n * k, 300 + seed as u64),
+            );
+            let got = rows_times_transposed(&x, rows, &e, n);
+            for r in 0..rows {
+                for j in 0..n {
+                    let want = (0..k)
+                        .map(|i| f64::from(x[r * k + i]) * f64::from(e[j * k + i]))
+                        .sum::<f64>();
+                    let got = f64::from(got[r * n + j]);
+                    assert!(
+                        (got - want).abs() < 1e-5 * (1.0 + k as f64),
+                        "[{rows}×{k}]·[{n}×{k}]ᵀ at ({r}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
