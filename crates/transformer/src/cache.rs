@@ -100,22 +100,36 @@ impl<B: Backend> KvCache<B> {
         Some(mask.expand([batch, heads, seq, keys]))
     }
 
-    /// Appends a layer's new keys and values and returns all of them.
+    /// Appends a layer's new keys and values and returns all of them. On flex the layer keeps
+    /// buffers with room to spare and the new rows are written into them in place (see the
+    /// crate's `kernels::flex::append_kv`); elsewhere the cache grows by concatenation. Either
+    /// way the first `len` positions of what is stored are the cache.
     pub(crate) fn update(
         &mut self,
         layer: usize,
         keys: Tensor<B, 4>,
         values: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let updated = match self.layers[layer].take() {
-            None => (keys, values),
-            Some((past_keys, past_values)) => (
-                Tensor::cat(vec![past_keys, keys], 2),
-                Tensor::cat(vec![past_values, values], 2),
-            ),
-        };
-        self.layers[layer] = Some(updated.clone());
-        updated
+        let end = self.len + keys.dims()[2];
+        let entry = &mut self.layers[layer];
+        #[cfg(feature = "flex")]
+        let appended = crate::kernels::flex::append_kv(entry, self.len, &keys, &values);
+        #[cfg(not(feature = "flex"))]
+        let appended = false;
+        if !appended {
+            *entry = Some(match entry.take() {
+                None => (keys, values),
+                Some((past_keys, past_values)) => (
+                    Tensor::cat(vec![past_keys.narrow(2, 0, self.len), keys], 2),
+                    Tensor::cat(vec![past_values.narrow(2, 0, self.len), values], 2),
+                ),
+            });
+        }
+        let (keys, values) = entry.as_ref().expect("stored above");
+        (
+            keys.clone().narrow(2, 0, end),
+            values.clone().narrow(2, 0, end),
+        )
     }
 
     /// Records that `seq` more tokens went through every layer.

@@ -99,6 +99,45 @@ fn check_cached_equals_full<B: Backend>(device: &B::Device) {
     }
 }
 
+/// A cache that grows past its first buffers (on flex: 64 positions, then 128), and a clone of
+/// it that then takes other tokens: each gives the logits of a full forward pass over its own
+/// sequence (writing into one leaves the other's rows alone).
+fn check_cache_grows_and_clones<B: Backend>(device: &B::Device) {
+    B::seed(device, 7);
+    let model = GptConfig::new(97, 32, 2, 4, 150)
+        .with_init_std(0.3)
+        .init::<B>(device)
+        .unwrap();
+    let a = sequence(140);
+    let mut b = a.clone();
+    for (t, token) in b.iter_mut().enumerate().skip(100) {
+        *token = (t as u32 * 17 + 3) % 97;
+    }
+    let step = |cache: &mut KvCache<B>, part: &[u32]| {
+        let logits = values(model.forward_cached(tokens::<B>(&[part.to_vec()], device), cache));
+        logits[logits.len() - 97..].to_vec()
+    };
+    let full = |row: &[u32]| {
+        let logits = values(model.forward(tokens::<B>(&[row.to_vec()], device)));
+        logits[logits.len() - 97..].to_vec()
+    };
+    let mut cache = KvCache::new(2);
+    step(&mut cache, &a[..40]);
+    for t in 40..100 {
+        step(&mut cache, &a[t..=t]);
+    }
+    let mut clone = cache.clone();
+    let (mut last_a, mut last_b) = (Vec::new(), Vec::new());
+    for t in 100..140 {
+        last_a = step(&mut cache, &a[t..=t]);
+        last_b = step(&mut clone, &b[t..=t]);
+    }
+    for (what, cached, row) in [("original", &last_a, &a), ("clone", &last_b, &b)] {
+        let diff = max_abs_diff(cached, &full(row));
+        assert!(diff < 1e-4, "{what}: cached decoding is off by {diff}");
+    }
+}
+
 fn check_padded_batch_equals_single_prompts<B: Backend>(device: &B::Device) {
     for architecture in ARCHITECTURES {
         let model = model::<B>(architecture, device);
@@ -267,6 +306,11 @@ mod cpu {
     }
 
     #[test]
+    fn cache_grows_and_clones() {
+        check_cache_grows_and_clones::<B>(&Default::default());
+    }
+
+    #[test]
     fn padded_batch_equals_single_prompts() {
         check_padded_batch_equals_single_prompts::<B>(&Default::default());
     }
@@ -337,6 +381,11 @@ mod wgpu {
     #[test]
     fn cached_equals_full() {
         check_cached_equals_full::<B>(&Default::default());
+    }
+
+    #[test]
+    fn cache_grows_and_clones() {
+        check_cache_grows_and_clones::<B>(&Default::default());
     }
 
     #[test]

@@ -43,40 +43,47 @@ fn blocks(seq: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> + Exact
         .map(move |start| (start, (start + BLOCK).min(seq)))
 }
 
-/// An extra attention mask (true: hidden) of shape `[batch or 1, heads or 1, seq, seq]`.
+/// An extra attention mask (true: hidden) of shape `[batch or 1, heads or 1, queries, keys]`.
 #[derive(Debug)]
 struct Mask {
     hidden: Vec<bool>,
     batch_stride: usize,
     head_stride: usize,
-    seq: usize,
+    keys: usize,
 }
 
 impl Mask {
-    /// `None` when `mask` does not have that shape for `[batch, heads, seq]`.
-    fn new<B: Backend>(mask: &Tensor<B, 4, Bool>, batch: usize, heads: usize) -> Option<Self> {
-        let [mask_batch, mask_heads, rows, seq] = mask.dims();
-        if rows != seq || ![1, batch].contains(&mask_batch) || ![1, heads].contains(&mask_heads) {
+    /// `None` when `mask` does not have that shape.
+    fn new<B: Backend>(
+        mask: &Tensor<B, 4, Bool>,
+        [batch, heads, queries, keys]: [usize; 4],
+    ) -> Option<Self> {
+        let [mask_batch, mask_heads, rows, columns] = mask.dims();
+        if rows != queries
+            || columns != keys
+            || ![1, batch].contains(&mask_batch)
+            || ![1, heads].contains(&mask_heads)
+        {
             return None;
         }
         let hidden = mask.clone().into_data().iter::<bool>().collect::<Vec<_>>();
-        let head_stride = if mask_heads == 1 { 0 } else { seq * seq };
+        let head_stride = if mask_heads == 1 { 0 } else { queries * keys };
         let batch_stride = if mask_batch == 1 {
             0
         } else {
-            mask_heads * seq * seq
+            mask_heads * queries * keys
         };
         Some(Self {
             hidden,
             batch_stride,
             head_stride,
-            seq,
+            keys,
         })
     }
 
     /// The flags of the first `keys` keys for `query` in head `head` of item `item`.
     fn row(&self, item: usize, head: usize, query: usize, keys: usize) -> &[bool] {
-        &self.hidden[item * self.batch_stride + head * self.head_stride + query * self.seq..]
+        &self.hidden[item * self.batch_stride + head * self.head_stride + query * self.keys..]
             [..keys]
     }
 }
@@ -223,10 +230,154 @@ impl Backward<Flex, 3> for AttentionBackward {
 
 type Tracked = Autodiff<Flex>;
 
-/// Causal attention on `[batch, heads, seq, head_dim]` with Ember's kernel: `None` unless `B`
-/// is flex or autodiff over flex (and the kernels are on), the tensors are `f32`, the queries
-/// are the keys' positions (no KV cache), and an extra `mask` is `[batch or 1, heads or 1,
-/// seq, seq]`.
+/// The rows of a `[batch, heads, rows, dim]` flex tensor whose rows are contiguous, read in
+/// place wherever its batch, head and row strides put them (a KV cache's view of its buffer).
+struct Rows<'a> {
+    values: &'a [f32],
+    offset: usize,
+    strides: [usize; 3],
+    dim: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(tensor: &'a FlexTensor) -> Option<Self> {
+        let layout = tensor.layout();
+        let strides = layout
+            .strides()
+            .iter()
+            .map(|&s| usize::try_from(s).ok())
+            .collect::<Option<Vec<_>>>()?;
+        if strides.len() != 4 || strides[3] != 1 {
+            return None;
+        }
+        Some(Self {
+            values: tensor.storage::<f32>(),
+            offset: layout.start_offset(),
+            strides: [strides[0], strides[1], strides[2]],
+            dim: layout.shape()[3],
+        })
+    }
+
+    fn row(&self, item: usize, head: usize, row: usize) -> &[f32] {
+        let [b, h, r] = self.strides;
+        &self.values[self.offset + item * b + head * h + row * r..][..self.dim]
+    }
+}
+
+/// `Σ a ⊙ b` in eight independent lanes (vectorisable, as `super::sum_lanes`).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a, b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .map(|(x, y)| x * y)
+        .sum::<f32>();
+    for (a, b) in a.zip(b) {
+        for ((lane, x), y) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// Work (`batch·heads·queries·keys·dim`) below which a decoding step's attention stays on
+/// the calling thread.
+const DECODE_PARALLEL_MIN: usize = 1 << 16;
+
+/// Attention of `queries` new positions against `keys` cached ones (the queries are the last
+/// of them), without autodiff: per item and head, a row of dot products, the row softmax,
+/// and the probability-weighted sum of the value rows, all read where they lie (the cache's
+/// buffer: no copies of the keys and values). Returns `[batch, heads, queries, dim]`.
+fn decode(
+    query: &Rows,
+    key: &Rows,
+    value: &Rows,
+    shape: [usize; 4],
+    mask: Option<&Mask>,
+    scale: f32,
+) -> Vec<f32> {
+    let [batch, heads, queries, keys] = shape;
+    let dim = query.dim;
+    let mut out = vec![0.0f32; batch * heads * queries * dim];
+    let unit = |(unit, out): (usize, &mut [f32])| {
+        let (item, head) = (unit / heads, unit % heads);
+        let mut scores = vec![0.0f32; keys];
+        for (i, out) in out.chunks_exact_mut(dim).enumerate() {
+            let visible = keys - queries + i + 1;
+            let q = query.row(item, head, i);
+            for (j, score) in scores[..visible].iter_mut().enumerate() {
+                *score = dot(q, key.row(item, head, j));
+            }
+            let hidden = mask.map(|m| m.row(item, head, i, keys));
+            softmax_row(&mut scores, visible, scale, hidden);
+            for (j, &p) in scores[..visible].iter().enumerate() {
+                if p != 0.0 {
+                    for (o, v) in out.iter_mut().zip(value.row(item, head, j)) {
+                        *o += p * v;
+                    }
+                }
+            }
+        }
+    };
+    if batch * heads * queries * keys * dim < DECODE_PARALLEL_MIN {
+        out.chunks_mut(queries * dim).enumerate().for_each(unit);
+    } else {
+        out.par_chunks_mut(queries * dim).enumerate().for_each(unit);
+    }
+    out
+}
+
+/// Queries per call up to which a KV-cache step takes [`decode`] (beyond, burn's op).
+const DECODE_MAX_QUERIES: usize = 16;
+
+/// A KV-cache step on flex without autodiff: `None` unless the shapes are `[batch, heads,
+/// queries, dim]` against `[batch, heads, keys, dim]` with `queries < keys`, queries are few,
+/// and the rows of each tensor are contiguous.
+fn cached_step<B: Backend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+) -> Option<Tensor<B, 4>> {
+    let [batch, heads, queries, dim] = query.dims();
+    let keys = key.dims()[2];
+    if key.dims() != [batch, heads, keys, dim]
+        || value.dims() != key.dims()
+        || queries >= keys
+        || queries > DECODE_MAX_QUERIES
+    {
+        return None;
+    }
+    let [query, key, value] = [query, key, value].map(|t| {
+        let t: &dyn Any = t;
+        t.downcast_ref::<Tensor<Flex, 4>>()
+            .map(|t| t.clone().into_primitive().tensor())
+    });
+    let (query, key, value) = (query?, key?, value?);
+    let mask = match mask {
+        Some(mask) => Some(Mask::new(mask, [batch, heads, queries, keys])?),
+        None => None,
+    };
+    let out = decode(
+        &Rows::new(&query)?,
+        &Rows::new(&key)?,
+        &Rows::new(&value)?,
+        [batch, heads, queries, keys],
+        mask.as_ref(),
+        1.0 / (dim as f32).sqrt(),
+    );
+    Some(as_backend(Tensor::<Flex, 4>::from_primitive(
+        TensorPrimitive::Float(tensor(out, [batch, heads, queries, dim])),
+    )))
+}
+
+/// Causal attention on `[batch, heads, seq, head_dim]` with Ember's kernels: `None` unless `B`
+/// is flex or autodiff over flex (and the kernels are on), the tensors are `f32`, and an extra
+/// `mask` is `[batch or 1, heads or 1, queries, keys]`. Queries at the keys' positions take the
+/// block kernel (with autodiff or without); a KV-cache step (fewer queries than keys, the last
+/// of them) on flex itself takes [`decode`].
 pub(crate) fn causal_attention<B: Backend>(
     query: &Tensor<B, 4>,
     key: &Tensor<B, 4>,
@@ -234,15 +385,17 @@ pub(crate) fn causal_attention<B: Backend>(
     mask: Option<&Tensor<B, 4, Bool>>,
 ) -> Option<Tensor<B, 4>> {
     let [batch, heads, seq, head_dim] = query.dims();
-    if !super::flex::is_flex::<B>()
-        || key.dims() != [batch, heads, seq, head_dim]
-        || value.dims() != [batch, heads, seq, head_dim]
-        || query.dtype() != DType::F32
-    {
+    if !super::flex::is_flex::<B>() || query.dtype() != DType::F32 {
+        return None;
+    }
+    if key.dims() != [batch, heads, seq, head_dim] {
+        return cached_step(query, key, value, mask);
+    }
+    if value.dims() != [batch, heads, seq, head_dim] {
         return None;
     }
     let mask = match mask {
-        Some(mask) => Some(Mask::new(mask, batch, heads)?),
+        Some(mask) => Some(Mask::new(mask, [batch, heads, seq, seq])?),
         None => None,
     };
     let scale = 1.0 / (head_dim as f32).sqrt();

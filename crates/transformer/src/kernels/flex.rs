@@ -133,6 +133,87 @@ pub(crate) fn matmul_few_rows<B: Backend>(
     Some(constant(y, [rows, n]))
 }
 
+/// Positions a KV-cache buffer holds at least; it doubles when full.
+const CACHE_MIN_CAPACITY: usize = 64;
+
+/// Appends a step's keys and values (`[batch, heads, seq, dim]` each) to a layer's KV-cache
+/// buffers after their first `len` positions, and returns `false` (doing nothing) unless `B`
+/// is flex itself (inference) with `f32` values and the kernels are on. The buffers
+/// (`[batch, heads, capacity, dim]`) are written where they lie while the cache alone holds
+/// them (a cloned cache copies first: flex's copy-on-write), and grow by doubling: a decoding
+/// step copies its own rows, not the whole cache as `cat` would.
+pub(crate) fn append_kv<B: Backend>(
+    layer: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    len: usize,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+) -> bool {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Flex>() {
+        return false;
+    }
+    let (Some(keys), Some(values)) = (flex(keys), flex(values)) else {
+        return false;
+    };
+    let (key_buffer, value_buffer) = match layer.take() {
+        Some((k, v)) => (Some(k), Some(v)),
+        None => (None, None),
+    };
+    let key_buffer = append_rows(key_buffer, len, &keys);
+    let value_buffer = append_rows(value_buffer, len, &values);
+    *layer = Some((as_backend(key_buffer), as_backend(value_buffer)));
+    true
+}
+
+/// [`append_kv`] for one buffer: `new`'s rows at positions `len..` of each item and head.
+fn append_rows<B: Backend>(
+    buffer: Option<Tensor<B, 4>>,
+    len: usize,
+    new: &FlexTensor,
+) -> Tensor<Flex, 4> {
+    let shape = new.layout().shape();
+    let [batch, heads, seq, dim] = [shape[0], shape[1], shape[2], shape[3]];
+    let end = len + seq;
+    let old = buffer.map(|b| {
+        let any: Box<dyn Any> = Box::new(b);
+        any.downcast::<Tensor<Flex, 4>>()
+            .expect("B is flex")
+            .into_primitive()
+            .tensor()
+    });
+    let mut buffer = match old {
+        Some(old)
+            if old.layout().shape()[2] >= end
+                && old.is_contiguous()
+                && old.layout().start_offset() == 0 =>
+        {
+            old
+        }
+        old => {
+            let capacity = end.next_power_of_two().max(CACHE_MIN_CAPACITY);
+            let mut grown = vec![0.0f32; batch * heads * capacity * dim];
+            if let Some(old) = old.map(contiguous) {
+                let old_capacity = old.layout().shape()[2];
+                for (to, from) in grown
+                    .chunks_exact_mut(capacity * dim)
+                    .zip(slice(&old).chunks_exact(old_capacity * dim))
+                {
+                    to[..len * dim].copy_from_slice(&from[..len * dim]);
+                }
+            }
+            FlexTensor::from_data(TensorData::new(grown, [batch, heads, capacity, dim]))
+        }
+    };
+    let capacity = buffer.layout().shape()[2];
+    let stored = buffer.storage_mut::<f32>();
+    for (to, rows) in stored
+        .chunks_exact_mut(capacity * dim)
+        .zip(slice(new).chunks_exact(seq * dim))
+    {
+        to[len * dim..end * dim].copy_from_slice(rows);
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(buffer))
+}
+
 /// `gelu_tanh(x)`, as a value (no autodiff) or linearised (autodiff): `None` off flex.
 pub(crate) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
     let n = x.shape().num_elements();
