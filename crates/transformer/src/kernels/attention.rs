@@ -23,12 +23,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
-use burn_flex::ops::matmul::matmul;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::any::Any;
 
-use super::flex::{as_backend, contiguous, slice};
+use super::flex::{as_backend, slice};
+use super::gemm::{matmul_into, Mat, MatMut};
 use super::{softmax_row, softmax_row_backward};
 
 /// Query rows per block. Smaller blocks skip more of the masked triangle but make smaller,
@@ -89,14 +89,15 @@ impl Mask {
 }
 
 /// What the backward pass needs: the inputs (views, as the caller passed them), the output
-/// (contiguous) and each block's probabilities (`[batch, heads, rows, keys]`).
+/// (contiguous) and the probabilities (per item and head, each block's `[rows, keys]` one
+/// after another).
 #[derive(Clone, Debug)]
 struct Saved {
     query: FlexTensor,
     key: FlexTensor,
     value: FlexTensor,
     output: FlexTensor,
-    probabilities: Vec<FlexTensor>,
+    probabilities: Vec<f32>,
     scale: f32,
 }
 
@@ -105,110 +106,212 @@ fn dims(tensor: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// `out[.., start..start + rows, ..] (+)= part` for `[batch·heads, seq, dim]` against
-/// `[batch·heads, rows, dim]`.
-fn write_rows(out: &mut [f32], part: &[f32], seq: usize, start: usize, dim: usize, add: bool) {
-    let rows = part.len() / (out.len() / (seq * dim)) / dim;
-    out.par_chunks_mut(seq * dim)
-        .zip(part.par_chunks(rows * dim))
-        .for_each(|(out, part)| {
-            let out = &mut out[start * dim..][..rows * dim];
-            if add {
-                out.iter_mut().zip(part).for_each(|(o, &p)| *o += p);
-            } else {
-                out.copy_from_slice(part);
-            }
-        });
-}
-
 fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// `softmax(scale · q·kᵀ, causal, mask) · v` and what its backward pass needs.
+/// The `[rows, dim]` matrices of a `[batch, heads, rows, dim]` flex tensor, one per item and
+/// head (a "unit"), read where they lie whatever its (non-negative) strides.
+struct Heads<'a> {
+    values: &'a [f32],
+    offset: usize,
+    strides: [usize; 4],
+    heads: usize,
+    dim: usize,
+}
+
+impl<'a> Heads<'a> {
+    fn new(tensor: &'a FlexTensor) -> Option<Self> {
+        let layout = tensor.layout();
+        let strides = layout
+            .strides()
+            .iter()
+            .map(|&s| usize::try_from(s).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let [_, heads, _, dim] = dims(tensor);
+        Some(Self {
+            values: tensor.storage::<f32>(),
+            offset: layout.start_offset(),
+            strides: strides.try_into().ok()?,
+            heads,
+            dim,
+        })
+    }
+
+    /// Whether each row's values are contiguous (what [`Heads::row`] needs).
+    fn contiguous_rows(&self) -> bool {
+        self.strides[3] == 1
+    }
+
+    fn start(&self, unit: usize, row: usize) -> usize {
+        let [b, h, r, _] = self.strides;
+        self.offset + unit / self.heads * b + unit % self.heads * h + row * r
+    }
+
+    /// Rows `rows` of a unit's matrix.
+    fn mat(&self, unit: usize, rows: std::ops::Range<usize>) -> Mat<'a> {
+        Mat::new(
+            self.values,
+            self.start(unit, rows.start),
+            [rows.len(), self.dim],
+            [self.strides[2], self.strides[3]],
+        )
+    }
+
+    /// One row of a unit (needs [`Heads::contiguous_rows`]).
+    fn row(&self, unit: usize, row: usize) -> &'a [f32] {
+        &self.values[self.start(unit, row)..][..self.dim]
+    }
+}
+
+/// Per unit, the offset of each block's probabilities, and their total.
+fn probability_offsets(seq: usize) -> (Vec<usize>, usize) {
+    let mut total = 0;
+    let offsets = blocks(seq)
+        .map(|(start, end)| {
+            let offset = total;
+            total += (end - start) * end;
+            offset
+        })
+        .collect();
+    (offsets, total)
+}
+
+/// `softmax(scale · q·kᵀ, causal, mask) · v` and, when `keep` (autodiff), what its backward
+/// pass needs: `None` when a tensor has negative strides. Items and heads run in parallel;
+/// within one, the blocks' products are written straight into the probabilities (kept, or a
+/// scratch block reused) and the output rows.
 fn forward(
     query: FlexTensor,
     key: FlexTensor,
     value: FlexTensor,
     mask: Option<&Mask>,
     scale: f32,
-) -> Saved {
+    keep: bool,
+) -> Option<Saved> {
     let [batch, heads, seq, dim] = dims(&query);
+    let (q, k, v) = (Heads::new(&query)?, Heads::new(&key)?, Heads::new(&value)?);
+    let (offsets, per_unit) = probability_offsets(seq);
     let mut output = vec![0.0f32; batch * heads * seq * dim];
-    let mut probabilities = Vec::new();
-    for (start, end) in blocks(seq) {
-        let rows = end - start;
-        let mut p = matmul(
-            query.narrow(2, start, rows),
-            key.narrow(2, 0, end).transpose(2, 3),
-        );
-        p.storage_mut::<f32>()
-            .par_chunks_mut(end)
-            .enumerate()
-            .for_each(|(i, row)| {
-                let (item, head, query) = (i / rows / heads, i / rows % heads, start + i % rows);
+    let mut probabilities = vec![0.0f32; if keep { batch * heads * per_unit } else { 0 }];
+    // One item and head: its blocks' probabilities go to `p` (all of them, at their offsets,
+    // when kept; else one block at a time at its start).
+    let unit = |unit: usize, out: &mut [f32], p: &mut [f32]| {
+        let (item, head) = (unit / heads, unit % heads);
+        for ((start, end), &offset) in blocks(seq).zip(&offsets) {
+            let rows = end - start;
+            let offset = if keep { offset } else { 0 };
+            let block = &mut p[offset..offset + rows * end];
+            matmul_into(
+                MatMut::new(block, [rows, end], end),
+                q.mat(unit, start..end),
+                k.mat(unit, 0..end).t(),
+                false,
+            );
+            for (i, row) in block.chunks_exact_mut(end).enumerate() {
+                let query = start + i;
                 let hidden = mask.map(|m| m.row(item, head, query, end));
                 softmax_row(row, query + 1, scale, hidden);
-            });
-        let part = matmul(p.clone(), value.narrow(2, 0, end));
-        write_rows(&mut output, slice(&part), seq, start, dim, false);
-        probabilities.push(p);
+            }
+            matmul_into(
+                MatMut::new(&mut out[start * dim..end * dim], [rows, dim], dim),
+                Mat::new(block, 0, [rows, end], [end, 1]),
+                v.mat(unit, 0..end),
+                false,
+            );
+        }
+    };
+    if keep {
+        output
+            .par_chunks_mut(seq * dim)
+            .zip(probabilities.par_chunks_mut(per_unit))
+            .enumerate()
+            .for_each(|(i, (out, p))| unit(i, out, p));
+    } else {
+        output.par_chunks_mut(seq * dim).enumerate().for_each_init(
+            || vec![0.0f32; BLOCK.min(seq) * seq],
+            |scratch, (i, out)| unit(i, out, scratch),
+        );
     }
-    Saved {
+    Some(Saved {
         query,
         key,
         value,
         output: tensor(output, [batch, heads, seq, dim]),
         probabilities,
         scale,
-    }
+    })
 }
 
-/// The gradients of the query, key and value from the output's.
+/// The gradients of the query, key and value from the output's, per item and head in
+/// parallel. Walking the blocks backwards, the last block (which sees every key) writes the
+/// key and value gradients and each earlier one adds into their first rows.
 fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
     let [batch, heads, seq, dim] = dims(&saved.query);
-    let grad = contiguous(grad);
-    let delta = slice(&grad)
-        .par_chunks(dim)
-        .zip(slice(&saved.output).par_chunks(dim))
-        .map(|(g, o)| g.iter().zip(o).map(|(g, o)| g * o).sum::<f32>())
-        .collect::<Vec<_>>();
-    let mut dq = vec![0.0f32; batch * heads * seq * dim];
-    // The key and value gradients accumulate over the query blocks. The last block sees every
-    // key, so going backwards its products are the full-size accumulators (no zeroed buffers,
-    // no pass to add them), and each earlier block adds into their first rows.
-    let (mut dk, mut dv): (Option<FlexTensor>, Option<FlexTensor>) = (None, None);
-    let accumulate = |total: Option<FlexTensor>, part: FlexTensor| match total {
-        None => part,
-        Some(mut total) => {
-            write_rows(total.storage_mut::<f32>(), slice(&part), seq, 0, dim, true);
-            total
-        }
+    let grad = match Heads::new(&grad) {
+        Some(g) if g.contiguous_rows() => grad,
+        _ => grad.to_contiguous(),
     };
-    for ((start, end), p) in blocks(seq).zip(&saved.probabilities).rev() {
-        let rows = end - start;
-        let grad_rows = grad.narrow(2, start, rows);
-        let mut ds = matmul(
-            grad_rows.clone(),
-            saved.value.narrow(2, 0, end).transpose(2, 3),
-        );
-        ds.storage_mut::<f32>()
-            .par_chunks_mut(end)
-            .zip(slice(p).par_chunks(end))
-            .enumerate()
-            .for_each(|(i, (ds, p))| {
-                let row = i / rows * seq + start + i % rows;
-                softmax_row_backward(ds, p, delta[row], saved.scale);
-            });
-        let part = matmul(ds.clone(), saved.key.narrow(2, 0, end));
-        write_rows(&mut dq, slice(&part), seq, start, dim, false);
-        let part = matmul(ds.transpose(2, 3), saved.query.narrow(2, start, rows));
-        dk = Some(accumulate(dk, part));
-        let part = matmul(p.transpose(2, 3), grad_rows);
-        dv = Some(accumulate(dv, part));
-    }
-    let full = |t: Option<FlexTensor>| t.expect("a sequence has at least one block");
-    [tensor(dq, [batch, heads, seq, dim]), full(dk), full(dv)]
+    let g = Heads::new(&grad).expect("contiguous rows");
+    let [q, k, v] = [&saved.query, &saved.key, &saved.value]
+        .map(|t| Heads::new(t).expect("the forward pass read it"));
+    let output = slice(&saved.output);
+    let (offsets, per_unit) = probability_offsets(seq);
+    let size = batch * heads * seq * dim;
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; size], vec![0.0f32; size], vec![0.0f32; size]);
+    dq.par_chunks_mut(seq * dim)
+        .zip(dk.par_chunks_mut(seq * dim))
+        .zip(dv.par_chunks_mut(seq * dim))
+        .zip(saved.probabilities.par_chunks(per_unit))
+        .enumerate()
+        .for_each(|(unit, (((dq, dk), dv), p))| {
+            let out = &output[unit * seq * dim..][..seq * dim];
+            let delta = (0..seq)
+                .map(|i| dot(g.row(unit, i), &out[i * dim..][..dim]))
+                .collect::<Vec<_>>();
+            let mut scratch = vec![0.0f32; BLOCK.min(seq) * seq];
+            let last = offsets.len() - 1;
+            for (b, ((start, end), &offset)) in blocks(seq).zip(&offsets).enumerate().rev() {
+                let rows = end - start;
+                let p = &p[offset..offset + rows * end];
+                let ds = &mut scratch[..rows * end];
+                matmul_into(
+                    MatMut::new(ds, [rows, end], end),
+                    g.mat(unit, start..end),
+                    v.mat(unit, 0..end).t(),
+                    false,
+                );
+                for (i, (ds, p)) in ds
+                    .chunks_exact_mut(end)
+                    .zip(p.chunks_exact(end))
+                    .enumerate()
+                {
+                    softmax_row_backward(ds, p, delta[start + i], saved.scale);
+                }
+                let ds = Mat::new(ds, 0, [rows, end], [end, 1]);
+                let p = Mat::new(p, 0, [rows, end], [end, 1]);
+                matmul_into(
+                    MatMut::new(&mut dq[start * dim..end * dim], [rows, dim], dim),
+                    ds,
+                    k.mat(unit, 0..end),
+                    false,
+                );
+                matmul_into(
+                    MatMut::new(&mut dk[..end * dim], [end, dim], dim),
+                    ds.t(),
+                    q.mat(unit, start..end),
+                    b != last,
+                );
+                matmul_into(
+                    MatMut::new(&mut dv[..end * dim], [end, dim], dim),
+                    p.t(),
+                    g.mat(unit, start..end),
+                    b != last,
+                );
+            }
+        });
+    let shape = [batch, heads, seq, dim];
+    [tensor(dq, shape), tensor(dk, shape), tensor(dv, shape)]
 }
 
 #[derive(Debug)]
@@ -229,40 +332,6 @@ impl Backward<Flex, 3> for AttentionBackward {
 }
 
 type Tracked = Autodiff<Flex>;
-
-/// The rows of a `[batch, heads, rows, dim]` flex tensor whose rows are contiguous, read in
-/// place wherever its batch, head and row strides put them (a KV cache's view of its buffer).
-struct Rows<'a> {
-    values: &'a [f32],
-    offset: usize,
-    strides: [usize; 3],
-    dim: usize,
-}
-
-impl<'a> Rows<'a> {
-    fn new(tensor: &'a FlexTensor) -> Option<Self> {
-        let layout = tensor.layout();
-        let strides = layout
-            .strides()
-            .iter()
-            .map(|&s| usize::try_from(s).ok())
-            .collect::<Option<Vec<_>>>()?;
-        if strides.len() != 4 || strides[3] != 1 {
-            return None;
-        }
-        Some(Self {
-            values: tensor.storage::<f32>(),
-            offset: layout.start_offset(),
-            strides: [strides[0], strides[1], strides[2]],
-            dim: layout.shape()[3],
-        })
-    }
-
-    fn row(&self, item: usize, head: usize, row: usize) -> &[f32] {
-        let [b, h, r] = self.strides;
-        &self.values[self.offset + item * b + head * h + row * r..][..self.dim]
-    }
-}
 
 /// `Σ a ⊙ b` in eight independent lanes (vectorisable, as `super::sum_lanes`).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -291,9 +360,9 @@ const DECODE_PARALLEL_MIN: usize = 1 << 16;
 /// and the probability-weighted sum of the value rows, all read where they lie (the cache's
 /// buffer: no copies of the keys and values). Returns `[batch, heads, queries, dim]`.
 fn decode(
-    query: &Rows,
-    key: &Rows,
-    value: &Rows,
+    query: &Heads,
+    key: &Heads,
+    value: &Heads,
     shape: [usize; 4],
     mask: Option<&Mask>,
     scale: f32,
@@ -306,15 +375,15 @@ fn decode(
         let mut scores = vec![0.0f32; keys];
         for (i, out) in out.chunks_exact_mut(dim).enumerate() {
             let visible = keys - queries + i + 1;
-            let q = query.row(item, head, i);
+            let q = query.row(unit, i);
             for (j, score) in scores[..visible].iter_mut().enumerate() {
-                *score = dot(q, key.row(item, head, j));
+                *score = dot(q, key.row(unit, j));
             }
             let hidden = mask.map(|m| m.row(item, head, i, keys));
             softmax_row(&mut scores, visible, scale, hidden);
             for (j, &p) in scores[..visible].iter().enumerate() {
                 if p != 0.0 {
-                    for (o, v) in out.iter_mut().zip(value.row(item, head, j)) {
+                    for (o, v) in out.iter_mut().zip(value.row(unit, j)) {
                         *o += p * v;
                     }
                 }
@@ -360,10 +429,15 @@ fn cached_step<B: Backend>(
         Some(mask) => Some(Mask::new(mask, [batch, heads, queries, keys])?),
         None => None,
     };
+    let [query, key, value] = [&query, &key, &value].map(Heads::new);
+    let (query, key, value) = (query?, key?, value?);
+    if ![&query, &key, &value].iter().all(|t| t.contiguous_rows()) {
+        return None;
+    }
     let out = decode(
-        &Rows::new(&query)?,
-        &Rows::new(&key)?,
-        &Rows::new(&value)?,
+        &query,
+        &key,
+        &value,
         [batch, heads, queries, keys],
         mask.as_ref(),
         1.0 / (dim as f32).sqrt(),
@@ -411,7 +485,8 @@ pub(crate) fn causal_attention<B: Backend>(
             value,
             mask.as_ref(),
             scale,
-        );
+            false,
+        )?;
         as_backend(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
             saved.output,
         )))
@@ -426,7 +501,8 @@ pub(crate) fn causal_attention<B: Backend>(
             value.primitive.clone(),
             mask.as_ref(),
             scale,
-        );
+            true,
+        )?;
         let output = saved.output.clone();
         let nodes = [&query, &key, &value].map(|t| t.node.clone());
         let tracked = match AttentionBackward

@@ -27,6 +27,8 @@ pub(crate) mod attention;
 #[cfg(feature = "flex")]
 pub(crate) mod flex;
 #[cfg(feature = "flex")]
+pub(crate) mod gemm;
+#[cfg(feature = "flex")]
 pub(crate) mod matmul;
 
 use rayon::prelude::*;
