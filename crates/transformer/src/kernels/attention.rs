@@ -11,10 +11,18 @@
 //! dP = dO·Vᵀ    dS = scale · P ⊙ (dP − δ)    dQ = dS·K    dK += dSᵀ·Q    dV += Pᵀ·dO
 //! ```
 //!
-//! Every matmul is flex's (strided views, no copies of the inputs), batched over batch and
-//! heads. Under autodiff the op is registered with burn's graph as one node with three parents
+//! Items and heads run in parallel, and within one every product is a call of the `gemm`
+//! crate (flex's own engine) on the inputs where they lie (strided views, no copies) that
+//! writes into its place in the output, the probabilities or the gradients ([`super::gemm`]):
+//! no product is copied after it is made, and the key and value gradients accumulate inside
+//! `gemm`. Without autodiff (prefill, scoring) no probabilities are kept: one scratch block per
+//! thread. Under autodiff the op is registered with burn's graph as one node with three parents
 //! (burn-autodiff's `Backward`), so the backward pass above replaces the chain of ops burn
 //! records for its attention fallback.
+//!
+//! A KV-cache decoding step (a few queries after many cached keys) takes [`decode`]: dot
+//! products, the row softmax and a weighted sum of value rows, read from the cache's buffer
+//! in place.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;

@@ -18,6 +18,11 @@
 //! block-causal matmuls, the row softmax here, and a backward pass registered with burn's
 //! autodiff. The losses, whose gradients are computed in the forward pass, become one graph
 //! node that hands them back (`flex::with_gradients`).
+//!
+//! Inference has two more: matrix products of a few rows (`matmul`: a decoding step's linear
+//! layers and tied head, vectorised through `pulp`'s run-time dispatch), and the KV cache's
+//! buffers written in place (`flex::append_kv`) and read in place by the decoding step's
+//! attention. `gemm` calls flex's matmul engine directly, into the caller's buffers.
 
 // Without the `flex` feature only their tests use the slice kernels.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
