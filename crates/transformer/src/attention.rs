@@ -42,18 +42,15 @@ impl<B: Backend> CausalSelfAttention<B> {
         }
     }
 
-    /// Queries, keys and values as `[batch, heads, seq, head_dim]`. Each is copied once out
-    /// of the fused projection, in `[batch, seq, heads, head_dim]` order, and rotated there
-    /// while contiguous; moving the heads forward is a view.
+    /// Queries, keys and values as `[batch, heads, seq, head_dim]`: views of the fused
+    /// projection's output (`[batch, seq, 3·heads, head_dim]`, each a third of its heads,
+    /// then the heads moved forward), no copies; the rotation of queries and keys makes new
+    /// tensors.
     fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
         let [batch, seq, d] = x.dims();
         let (heads, head_dim) = (self.n_heads, d / self.n_heads);
-        let qkv = linear_rows(&self.qkv, x).reshape([batch, seq, 3, heads, head_dim]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([batch, seq, heads, head_dim])
-        };
+        let qkv = linear_rows(&self.qkv, x).reshape([batch, seq, 3 * heads, head_dim]);
+        let part = |i: usize| qkv.clone().narrow(2, i * heads, heads);
         let (query, key, value) = (part(0), part(1), part(2));
         let (query, key) = match context.rope {
             Some(rope) => (
