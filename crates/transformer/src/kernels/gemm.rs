@@ -6,8 +6,8 @@
 //! caller must then copy the product to where it belongs. Ember's attention writes each
 //! block's product straight into its rows of the output or gradient, and accumulates key and
 //! value gradients in place (`gemm`'s `dst = dst + lhs·rhs`). This module holds the crate's
-//! only `unsafe` block besides the allocator setting: the call into `gemm`, after checking that
-//! every element the three strided matrices name lies inside their slices.
+//! only `unsafe` block: the call into `gemm`, after checking that every element the three
+//! strided matrices name lies inside their slices.
 
 /// A read-only strided matrix: element `(i, j)` is `data[offset + i·row_stride +
 /// j·col_stride]`.
