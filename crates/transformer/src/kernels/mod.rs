@@ -172,17 +172,19 @@ pub(crate) fn softmax_cross_entropy(
         .zip(logits.par_chunks(vocab))
         .zip(targets.par_iter().zip(mask))
         .map(|((grad, row), (&target, &weight))| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            for (g, &x) in grad.iter_mut().zip(row) {
-                *g = exp(x - max);
-            }
-            let sum = sum_lanes(grad);
-            let factor = weight * scale / sum;
-            for g in grad.iter_mut() {
-                *g *= factor;
-            }
-            grad[target] -= weight * scale;
-            f64::from(weight) * (f64::from(max) + f64::from(sum).ln() - f64::from(row[target]))
+            widest(|| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                for (g, &x) in grad.iter_mut().zip(row) {
+                    *g = exp(x - max);
+                }
+                let sum = sum_lanes(grad);
+                let factor = weight * scale / sum;
+                for g in grad.iter_mut() {
+                    *g *= factor;
+                }
+                grad[target] -= weight * scale;
+                f64::from(weight) * (f64::from(max) + f64::from(sum).ln() - f64::from(row[target]))
+            })
         })
         .sum()
 }
@@ -216,8 +218,26 @@ pub(crate) fn softmax_row(row: &mut [f32], visible: usize, scale: f32, hidden: O
     }
 }
 
+/// Runs `f` inside a function compiled for the CPU's widest vectors (AVX2 and FMA where it has
+/// them, chosen at run time through `pulp`), so that the loops the compiler vectorises in `f`
+/// (and in what it inlines) use them: the crate is built for baseline x86-64, whose loops are
+/// SSE, four lanes.
+#[cfg(feature = "flex")]
+#[inline(always)]
+fn widest<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// Without the `flex` feature (and `pulp`), `f` as it is.
+#[cfg(not(feature = "flex"))]
+#[inline(always)]
+fn widest<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `Σ x` in eight independent lanes (a vectorisable reduction; a single running `f32` sum
 /// is not, as the compiler keeps its order).
+#[inline(always)]
 fn sum_lanes(x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
