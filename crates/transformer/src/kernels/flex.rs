@@ -173,13 +173,15 @@ fn append_rows<B: Backend>(
     let shape = new.layout().shape();
     let [batch, heads, seq, dim] = [shape[0], shape[1], shape[2], shape[3]];
     let end = len + seq;
-    let old = buffer.map(|b| {
-        let any: Box<dyn Any> = Box::new(b);
-        any.downcast::<Tensor<Flex, 4>>()
-            .expect("B is flex")
-            .into_primitive()
-            .tensor()
-    });
+    // The buffer's own handle is dropped here, so the one returned is its only owner.
+    let old = buffer.and_then(|b| flex_view(&b));
+    if let Some(old) = &old {
+        let shape = old.layout().shape();
+        assert!(
+            shape[0] == batch && shape[1] == heads && shape[3] == dim,
+            "a KV cache continues the batch it started with"
+        );
+    }
     let mut buffer = match old {
         Some(old)
             if old.layout().shape()[2] >= end
