@@ -256,9 +256,10 @@ fn forward(
 /// key and value gradients and each earlier one adds into their first rows.
 fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
     let [batch, heads, seq, dim] = dims(&saved.query);
-    let grad = match Heads::new(&grad) {
-        Some(g) if g.contiguous_rows() => grad,
-        _ => grad.to_contiguous(),
+    let grad = if Heads::new(&grad).is_some_and(|g| g.contiguous_rows()) {
+        grad
+    } else {
+        grad.to_contiguous()
     };
     let g = Heads::new(&grad).expect("contiguous rows");
     let [q, k, v] = [&saved.query, &saved.key, &saved.value]
@@ -272,52 +273,54 @@ fn backward(saved: &Saved, grad: FlexTensor) -> [FlexTensor; 3] {
         .zip(dv.par_chunks_mut(seq * dim))
         .zip(saved.probabilities.par_chunks(per_unit))
         .enumerate()
-        .for_each(|(unit, (((dq, dk), dv), p))| {
-            let out = &output[unit * seq * dim..][..seq * dim];
-            let delta = (0..seq)
-                .map(|i| dot(g.row(unit, i), &out[i * dim..][..dim]))
-                .collect::<Vec<_>>();
-            let mut scratch = vec![0.0f32; BLOCK.min(seq) * seq];
-            let last = offsets.len() - 1;
-            for (b, ((start, end), &offset)) in blocks(seq).zip(&offsets).enumerate().rev() {
-                let rows = end - start;
-                let p = &p[offset..offset + rows * end];
-                let ds = &mut scratch[..rows * end];
-                matmul_into(
-                    MatMut::new(ds, [rows, end], end),
-                    g.mat(unit, start..end),
-                    v.mat(unit, 0..end).t(),
-                    false,
-                );
-                for (i, (ds, p)) in ds
-                    .chunks_exact_mut(end)
-                    .zip(p.chunks_exact(end))
-                    .enumerate()
-                {
-                    softmax_row_backward(ds, p, delta[start + i], saved.scale);
+        .for_each_init(
+            || vec![0.0f32; BLOCK.min(seq) * seq],
+            |scratch, (unit, (((dq, dk), dv), p))| {
+                let out = &output[unit * seq * dim..][..seq * dim];
+                let delta = (0..seq)
+                    .map(|i| dot(g.row(unit, i), &out[i * dim..][..dim]))
+                    .collect::<Vec<_>>();
+                let last = offsets.len() - 1;
+                for (b, ((start, end), &offset)) in blocks(seq).zip(&offsets).enumerate().rev() {
+                    let rows = end - start;
+                    let p = &p[offset..offset + rows * end];
+                    let ds = &mut scratch[..rows * end];
+                    matmul_into(
+                        MatMut::new(ds, [rows, end], end),
+                        g.mat(unit, start..end),
+                        v.mat(unit, 0..end).t(),
+                        false,
+                    );
+                    for (i, (ds, p)) in ds
+                        .chunks_exact_mut(end)
+                        .zip(p.chunks_exact(end))
+                        .enumerate()
+                    {
+                        softmax_row_backward(ds, p, delta[start + i], saved.scale);
+                    }
+                    let ds = Mat::new(ds, 0, [rows, end], [end, 1]);
+                    let p = Mat::new(p, 0, [rows, end], [end, 1]);
+                    matmul_into(
+                        MatMut::new(&mut dq[start * dim..end * dim], [rows, dim], dim),
+                        ds,
+                        k.mat(unit, 0..end),
+                        false,
+                    );
+                    matmul_into(
+                        MatMut::new(&mut dk[..end * dim], [end, dim], dim),
+                        ds.t(),
+                        q.mat(unit, start..end),
+                        b != last,
+                    );
+                    matmul_into(
+                        MatMut::new(&mut dv[..end * dim], [end, dim], dim),
+                        p.t(),
+                        g.mat(unit, start..end),
+                        b != last,
+                    );
                 }
-                let ds = Mat::new(ds, 0, [rows, end], [end, 1]);
-                let p = Mat::new(p, 0, [rows, end], [end, 1]);
-                matmul_into(
-                    MatMut::new(&mut dq[start * dim..end * dim], [rows, dim], dim),
-                    ds,
-                    k.mat(unit, 0..end),
-                    false,
-                );
-                matmul_into(
-                    MatMut::new(&mut dk[..end * dim], [end, dim], dim),
-                    ds.t(),
-                    q.mat(unit, start..end),
-                    b != last,
-                );
-                matmul_into(
-                    MatMut::new(&mut dv[..end * dim], [end, dim], dim),
-                    p.t(),
-                    g.mat(unit, start..end),
-                    b != last,
-                );
-            }
-        });
+            },
+        );
     let shape = [batch, heads, seq, dim];
     [tensor(dq, shape), tensor(dk, shape), tensor(dv, shape)]
 }
