@@ -1,9 +1,7 @@
 //! `ember`: every stage of the pipeline as a subcommand.
 
 mod commands;
-mod config;
 mod device;
-mod plot;
 
 use std::process::ExitCode;
 

@@ -172,11 +172,26 @@ fn detect(path: &Path, records: &Records) -> Result<Format> {
 ///
 /// # Errors
 /// A missing key, or a value that is not a string.
-pub fn text_field(map: &Map<String, Value>, key: &str) -> std::result::Result<String, String> {
+pub fn text_field(map: &Map<String, Value>, key: &str) -> std::result::Result<String, Invalid> {
     match map.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(format!("`{key}` must be a string, found {}", kind(other))),
-        None => Err(format!("missing `{key}`")),
+        Some(other) => Err(Invalid(format!(
+            "`{key}` must be a string, found {}",
+            kind(other)
+        ))),
+        None => Err(Invalid(format!("missing `{key}`"))),
+    }
+}
+
+/// Why a record does not fit its format, before the file and line are known (readers wrap
+/// it into [`Error::BadRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for String {
+    fn from(invalid: Invalid) -> Self {
+        invalid.0
     }
 }
 
@@ -198,22 +213,25 @@ pub fn turns(
     list: &Value,
     role_key: &str,
     content_key: &str,
-) -> std::result::Result<Vec<Message>, String> {
+) -> std::result::Result<Vec<Message>, Invalid> {
     let Value::Array(items) = list else {
-        return Err(format!("expected a list of turns, found {}", kind(list)));
+        return Err(Invalid(format!(
+            "expected a list of turns, found {}",
+            kind(list)
+        )));
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
+            let at = |e: &dyn std::fmt::Display| Invalid(format!("turn {}: {e}", i + 1));
             let Value::Object(turn) = item else {
-                return Err(format!("turn {} is not an object", i + 1));
+                return Err(Invalid(format!("turn {} is not an object", i + 1)));
             };
-            let who = text_field(turn, role_key).map_err(|e| format!("turn {}: {e}", i + 1))?;
-            let content =
-                text_field(turn, content_key).map_err(|e| format!("turn {}: {e}", i + 1))?;
+            let who = text_field(turn, role_key).map_err(|e| at(&e))?;
+            let content = text_field(turn, content_key).map_err(|e| at(&e))?;
             Ok(Message {
-                role: role(&who).map_err(|e| format!("turn {}: {e}", i + 1))?,
+                role: role(&who).map_err(|e| at(&e))?,
                 content,
             })
         })

@@ -4,10 +4,12 @@ mod batch;
 mod conversation;
 mod error;
 pub mod formats;
+mod prompts;
 mod template;
 
 pub use batch::{pack_rows, pad_rows, Row, PAD_SEGMENT};
 pub use conversation::{Conversation, Message, Role};
 pub use error::{Error, Result};
-pub use formats::{read, Dataset, Format, OnError};
+pub use formats::{read, Dataset, Format, Invalid, OnError};
+pub use prompts::{check_prompt, parse_prompt, read_prompts, PromptRecord, Prompts};
 pub use template::{ChatTemplate, Rendered};

@@ -3,6 +3,7 @@
 mod advantage;
 mod error;
 mod loss;
+pub mod metric;
 mod objective;
 
 pub use advantage::{

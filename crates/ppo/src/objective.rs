@@ -14,6 +14,7 @@ use ember_transformer::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::metric;
 use crate::{
     entropy, explained_variance, gae, policy_loss, shaped_score, token_logprobs, token_rewards,
     value_loss, whiten, Error, KlControl, KlEstimator, Result,
@@ -516,34 +517,34 @@ pub fn rollout_metrics(samples: &[Sample]) -> Vec<(String, f64)> {
         .flat_map(|s| s.returns.clone())
         .collect::<Vec<_>>();
     let mut metrics = vec![
-        ("score".to_string(), mean(samples.iter().map(|s| s.score))),
+        (metric::SCORE.to_string(), mean(samples.iter().map(|s| s.score))),
         (
-            "shaped_score".into(),
+            metric::SHAPED_SCORE.into(),
             mean(samples.iter().map(|s| s.shaped)),
         ),
         (
-            "kl".into(),
+            metric::KL.into(),
             mean(samples.iter().map(|s| s.kl.iter().sum::<f64>())),
         ),
         (
-            "entropy".into(),
+            metric::ENTROPY.into(),
             mean(samples.iter().flat_map(|s| s.entropy.clone())),
         ),
         (
-            "answer_tokens".into(),
+            metric::ANSWER_TOKENS.into(),
             mean(samples.iter().map(|s| (s.row.len() - s.prompt_len) as f64)),
         ),
         (
-            "cut_off".into(),
+            metric::CUT_OFF.into(),
             mean(samples.iter().map(|s| f64::from(u8::from(!s.finished)))),
         ),
         (
-            "explained_variance".into(),
+            metric::EXPLAINED_VARIANCE.into(),
             explained_variance(&values, &returns),
         ),
     ];
     if samples.iter().any(|s| s.judge.is_some()) {
-        metrics.push(("judge".into(), mean(samples.iter().filter_map(|s| s.judge))));
+        metrics.push((metric::JUDGE.into(), mean(samples.iter().filter_map(|s| s.judge))));
     }
     metrics
 }
@@ -689,12 +690,12 @@ impl<B: AutodiffBackend> Ppo<B> {
             &label,
         )?;
         let mut metrics = rollout_metrics(&samples);
-        let kl = metrics.iter().find(|(k, _)| k == "kl").map_or(0.0, |m| m.1);
-        metrics.push(("kl_coef".into(), self.beta));
+        let kl = metrics.iter().find(|(k, _)| k == metric::KL).map_or(0.0, |m| m.1);
+        metrics.push((metric::KL_COEF.into(), self.beta));
         self.beta = self.config.kl_control.update(self.beta, kl, samples.len());
-        metrics.push(("rollout_seconds".into(), started.elapsed().as_secs_f64()));
+        metrics.push((metric::ROLLOUT_SECONDS.into(), started.elapsed().as_secs_f64()));
         if let Some(t) = train_seconds {
-            metrics.push(("update_seconds".into(), t));
+            metrics.push((metric::UPDATE_SECONDS.into(), t));
         }
         self.current = Some((iteration, samples));
         self.ready_at = Some(Instant::now());
@@ -739,14 +740,14 @@ impl<B: AutodiffBackend> Ppo<B> {
             &label,
         )?;
         let mut metrics = vec![
-            ("score".to_string(), mean(samples.iter().map(|s| s.score))),
+            (metric::SCORE.to_string(), mean(samples.iter().map(|s| s.score))),
             (
-                "answer_tokens".into(),
+                metric::ANSWER_TOKENS.into(),
                 mean(samples.iter().map(|s| (s.row.len() - s.prompt_len) as f64)),
             ),
         ];
         if samples.iter().any(|s| s.judge.is_some()) {
-            metrics.push(("judge".into(), mean(samples.iter().filter_map(|s| s.judge))));
+            metrics.push((metric::JUDGE.into(), mean(samples.iter().filter_map(|s| s.judge))));
         }
         Ok((metrics, samples))
     }
@@ -815,18 +816,18 @@ impl<B: AutodiffBackend> Objective<B, ActorCritic<B>> for Ppo<B> {
             self.config.value_clip_range,
         );
         let scalar = |t: &Tensor<B, 1>| f64::from(t.clone().into_scalar().elem::<f32>());
-        metrics.push(("policy_loss".into(), scalar(&policy.loss)));
-        metrics.push(("value_loss".into(), scalar(&value)));
-        metrics.push(("clip_fraction".into(), policy.clip_fraction));
-        metrics.push(("value_clip_fraction".into(), value_clipped));
-        metrics.push(("approx_kl".into(), policy.approx_kl));
+        metrics.push((metric::POLICY_LOSS.into(), scalar(&policy.loss)));
+        metrics.push((metric::VALUE_LOSS.into(), scalar(&value)));
+        metrics.push((metric::CLIP_FRACTION.into(), policy.clip_fraction));
+        metrics.push((metric::VALUE_CLIP_FRACTION.into(), value_clipped));
+        metrics.push((metric::APPROX_KL.into(), policy.approx_kl));
         let mut total = policy.loss + value.mul_scalar(self.config.value_coef);
         if let (Some(ptx), true) = (&self.ptx, self.config.ptx_coef > 0.0) {
             let rows = ptx.train_rows(batch.step, batch.micro);
             let lm = model
                 .policy
                 .loss(&TokenBatch::<B>::from_rows(&rows, &self.device)?)?;
-            metrics.push(("ptx_loss".into(), scalar(&lm)));
+            metrics.push((metric::PTX_LOSS.into(), scalar(&lm)));
             total = total + lm.mul_scalar(self.config.ptx_coef);
         }
         let tokens = picked.iter().map(|s| s.row.len() - s.prompt_len).sum();

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ember_instruct::formats::{kind, read_records, text_field, turns};
+use ember_instruct::{check_prompt, parse_prompt};
 use ember_instruct::{Conversation, Message, OnError, Role};
 use serde_json::{json, Map, Value};
 
@@ -52,17 +53,6 @@ fn check_tiers(k: usize, tiers: &[Vec<usize>]) -> std::result::Result<(), String
         return Err(format!("answer {missing} is not ranked"));
     }
     Ok(())
-}
-
-fn check_prompt(prompt: &Conversation) -> std::result::Result<(), String> {
-    match prompt.messages.last() {
-        Some(m) if m.role == Role::User => Ok(()),
-        Some(m) => Err(format!(
-            "the prompt must end with a user turn, not {:?}",
-            m.role
-        )),
-        None => Err("the prompt is empty".into()),
-    }
 }
 
 impl Ranking {
@@ -244,26 +234,6 @@ pub fn write_rankings(path: &Path, rankings: &[Ranking]) -> Result<()> {
     }
     ember_tokenizer::write_atomically(path, &text)?;
     Ok(())
-}
-
-/// A prompt as rankings write it: a string (one user turn) or a list of messages that ends
-/// with the user.
-///
-/// # Errors
-/// Why it is not one.
-pub fn parse_prompt(value: &Value) -> std::result::Result<Conversation, String> {
-    let prompt = match value {
-        Value::String(text) => Conversation::new(vec![Message::user(text.clone())]),
-        Value::Array(_) => Conversation::new(turns(value, "role", "content")?),
-        other => {
-            return Err(format!(
-                "`prompt` must be a string or a list of messages, found {}",
-                kind(other)
-            ))
-        }
-    };
-    check_prompt(&prompt)?;
-    Ok(prompt)
 }
 
 fn index(value: &Value) -> std::result::Result<usize, String> {

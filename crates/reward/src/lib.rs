@@ -4,11 +4,12 @@ mod collect;
 mod data;
 mod error;
 mod loss;
+pub mod metric;
 mod model;
 mod train;
 
 pub use collect::{collect_rankings, CollectConfig, CollectPrompt, Collected};
-pub use data::{parse_prompt, read_rankings, write_rankings, Ranking, Rankings};
+pub use data::{read_rankings, write_rankings, Ranking, Rankings};
 pub use error::{Error, Result};
 pub use loss::ranking_loss;
 pub use model::{

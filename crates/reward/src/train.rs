@@ -8,7 +8,7 @@ use ember_instruct::ChatTemplate;
 use ember_train::{EpochOrder, Loss, MicroBatch, Objective};
 use serde::{Deserialize, Serialize};
 
-use crate::{ranking_loss, Error, Padding, Ranking, Result, RewardModel, ScoreBatch};
+use crate::{metric, ranking_loss, Error, Padding, Ranking, Result, RewardModel, ScoreBatch};
 
 /// A ranking as token rows: prompt + answer + the assistant's end marker, where the score is
 /// read.
@@ -381,9 +381,9 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RankingObjective<B> {
         let eval = evaluate(model, &self.val, self.pad, self.config.eval_batch_size)
             .map_err(|e| ember_train::Error::Config(e.to_string()))?;
         Ok(vec![
-            ("loss".into(), eval.loss),
-            ("accuracy".into(), eval.overall.accuracy),
-            ("margin".into(), eval.overall.mean_margin),
+            (ember_train::metric::LOSS.into(), eval.loss),
+            (metric::ACCURACY.into(), eval.overall.accuracy),
+            (metric::MARGIN.into(), eval.overall.mean_margin),
         ])
     }
 }

@@ -8,7 +8,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
-use crate::{Error, Result, Special};
+use crate::{write_atomically, Error, Result, Special};
 
 /// Configuration for [`Tokenizer::train`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -284,39 +284,72 @@ impl Tokenizer {
         })
     }
 
+    /// A decoder for ids that arrive one at a time (generation): each step gives the text
+    /// the new id completes, never half a character (HF `tokenizers`' decode stream, which
+    /// re-decodes only a short window, not the whole answer).
+    pub fn decode_stream(&self, skip_special_tokens: bool) -> TextStream<'_> {
+        TextStream {
+            inner: self.inner.decode_stream(skip_special_tokens),
+        }
+    }
+
     /// The HF tokenizer underneath, for anything this wrapper does not cover.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees half a file and a crash never leaves one.
-///
-/// # Errors
-/// The folder or file cannot be written.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+/// Text from ids that arrive one at a time; see [`Tokenizer::decode_stream`].
+pub struct TextStream<'a> {
+    inner: tokenizers::DecodeStream<
+        'a,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        tokenizers::PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
+}
+
+impl TextStream<'_> {
+    /// Adds one id; returns the text it completes, if any.
+    ///
+    /// # Errors
+    /// An id outside the vocabulary.
+    pub fn step(&mut self, id: u32) -> Result<Option<String>> {
+        self.inner.step(id).map_err(|source| Error::Codec {
+            context: "decoding",
+            source,
+        })
+    }
+}
+
+impl std::fmt::Debug for TextStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextStream").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_gives_the_whole_text_in_whole_characters() {
+        let tokenizer = small();
+        let text = "the naïve café: 無監督訓練";
+        let ids = tokenizer.encode(text).unwrap();
+        let mut stream = tokenizer.decode_stream(false);
+        let mut pieces = Vec::new();
+        for &id in &ids {
+            if let Some(piece) = stream.step(id).unwrap() {
+                assert!(!piece.contains('\u{fffd}'), "{piece:?}");
+                pieces.push(piece);
+            }
+        }
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.len() > 1);
+    }
 
     fn small() -> Tokenizer {
         let texts = [

@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod atomic;
 mod bpe;
 mod error;
 mod shards;
 mod special;
 
-pub use bpe::{write_atomically, BpeConfig, Tokenizer};
+pub use atomic::write_atomically;
+pub use bpe::{BpeConfig, TextStream, Tokenizer};
 pub use error::{Error, Result};
 pub use shards::{
     corpus_files, read_text, write_shard, write_shards, ShardConfig, ShardMeta, TokenShard,

@@ -16,7 +16,7 @@ pub use alloc::keep_freed_memory;
 pub use checkpoint::{latest_checkpoint, load_record, save_record, TrainState};
 pub use config::{OptimizerConfig, TrainConfig};
 pub use error::{Error, Result};
-pub use metrics::MetricsLog;
+pub use metrics::{metric, MetricLine, MetricsLog};
 pub use model_io::{load_model, load_model_config, save_model};
 pub use order::EpochOrder;
 pub use params::{clip_global_norm, global_grad_norm, split_grads, DecayGroups};

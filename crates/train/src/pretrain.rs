@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Loss, MicroBatch, Objective, Result};
+use crate::{metric, Error, Loss, MicroBatch, Objective, Result};
 
 /// Batching for [`Pretraining`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,8 +145,8 @@ impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Pretraining<B> {
     fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
         let (loss, bits_per_byte) = self.evaluate(model)?;
         Ok(vec![
-            ("loss".into(), loss),
-            ("bits_per_byte".into(), bits_per_byte),
+            (metric::LOSS.into(), loss),
+            (metric::BITS_PER_BYTE.into(), bits_per_byte),
         ])
     }
 }

@@ -7,7 +7,7 @@ use ember_instruct::{pack_rows, pad_rows, Rendered, Row, PAD_SEGMENT};
 use ember_transformer::{masked_cross_entropy, DecoderInput, Gpt, Positions, TokenBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::{EpochOrder, Error, Loss, MicroBatch, Objective, Result};
+use crate::{metric, EpochOrder, Error, Loss, MicroBatch, Objective, Result};
 
 /// Batching for [`Sft`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +200,6 @@ impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Sft<B> {
     }
 
     fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
-        Ok(vec![("answer_loss".into(), self.evaluate(model)?)])
+        Ok(vec![(metric::ANSWER_LOSS.into(), self.evaluate(model)?)])
     }
 }

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::checkpoint::{
     latest_checkpoint, load_record, read_state, save_record, write_checkpoint, TrainState,
 };
+use crate::metrics::metric;
 use crate::params::{clip_global_norm, global_grad_norm, split_grads, DecayGroups};
 use crate::{Error, MetricsLog, Result, TrainConfig};
 
@@ -270,18 +271,18 @@ where
         train_losses.push(loss_sum);
         let tokens_per_second = tokens_this_call as f64 / training_seconds.max(1e-9);
         let mut line = vec![
-            ("loss".into(), loss_sum),
-            ("lr".into(), lr),
-            ("grad_norm".into(), grad_norm),
-            ("tokens".into(), state.tokens_seen as f64),
-            ("tokens_per_second".into(), tokens_per_second),
+            (metric::LOSS.into(), loss_sum),
+            (metric::LR.into(), lr),
+            (metric::GRAD_NORM.into(), grad_norm),
+            (metric::TOKENS.into(), state.tokens_seen as f64),
+            (metric::TOKENS_PER_SECOND.into(), tokens_per_second),
         ];
         line.extend(
             extra
                 .into_iter()
                 .map(|(name, sum, n)| (name, sum / n as f64)),
         );
-        metrics.append(state.step, "train", &line)?;
+        metrics.append(state.step, metric::TRAIN, &line)?;
         progress.set_position(state.step as u64);
         progress.set_message(format!(
             "loss {loss_sum:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
@@ -294,7 +295,7 @@ where
                 .is_some_and(|n| state.step.is_multiple_of(n.get()))
         {
             validation = objective.validate(&model.valid())?;
-            metrics.append(state.step, "val", &validation)?;
+            metrics.append(state.step, metric::VAL, &validation)?;
             let shown = validation
                 .iter()
                 .map(|(k, v)| format!("{k} {v:.4}"))

@@ -10,7 +10,9 @@ use ember_transformer::{
     generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch,
 };
 
-use crate::config::Preset;
+use ember_pipeline::Preset;
+
+use super::pretrain::PresetArg;
 use crate::device::{with_backend, DeviceKind};
 
 /// The preset with `architecture` (the PyTorch peer's shapes: tiny and small), and the batch
@@ -28,7 +30,7 @@ pub struct Args {
     pub device: DeviceKind,
     /// The model shapes to train, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tiny,small")]
-    pub shapes: Vec<Preset>,
+    pub shapes: Vec<PresetArg>,
     /// Training steps measured per shape (after two warm-up steps); the median is reported.
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
@@ -194,7 +196,7 @@ fn training<B: AutodiffBackend>(
         "{:<11} {:>9} {:>7} {:>8} {:>12} {:>11} {:>9}{mfu_header}",
         "shape", "params", "batch", "tokens", "step (ms)", "tokens/s", "GFLOP/s"
     );
-    for &preset in &args.shapes {
+    for preset in args.shapes.iter().map(|&p| Preset::from(p)) {
         let (config, batch) = shape(preset, args.architecture.into());
         let seq = config.max_seq_len;
         let model = config.init::<B>(device)?;

@@ -3,11 +3,10 @@
 use std::io::BufRead as _;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use burn::tensor::backend::Backend;
-use ember_instruct::{ChatTemplate, Conversation, Message, Role};
-use ember_tokenizer::{Special, Tokenizer};
-use ember_train::load_model;
+use ember_instruct::{Conversation, Message, Role};
+use ember_pipeline::ModelFolder;
+use ember_tokenizer::Special;
 use ember_transformer::{generate_streaming, GenerateConfig};
 
 use super::sampling::{SamplingArgs, StreamPrinter};
@@ -39,10 +38,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
-    let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
-    let template = ChatTemplate::new(tokenizer.clone())?;
-    let model = load_model::<B>(&args.model, device)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let folder = ModelFolder::new(&args.model);
+    let template = folder.template()?;
+    let tokenizer = template.tokenizer().clone();
+    let model = folder.load::<B>(device)?;
     let settings = args.sampling.settings()?;
     let context = model.config().max_seq_len;
     let fresh = || Conversation::new(args.system.iter().map(Message::system).collect());

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use burn::tensor::backend::Backend;
+use ember_instruct::{read_prompts, OnError};
+use ember_pipeline::ModelFolder;
 use ember_tokenizer::{Special, Tokenizer};
-use ember_train::load_model;
 use ember_transformer::{generate_streaming, GenerateConfig};
 
 use super::sampling::{SamplingArgs, StreamPrinter};
@@ -46,10 +46,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
-    let tokenizer_path = args.model.join("tokenizer.json");
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
-    let model = load_model::<B>(&args.model, device)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let folder = ModelFolder::new(&args.model);
+    let tokenizer = folder.tokenizer()?;
+    let model = folder.load::<B>(device)?;
     let prompts = if args.prompt.is_empty() {
         vec![String::new()]
     } else {
@@ -100,23 +99,16 @@ fn generate_file<B: Backend>(
     batch_size: usize,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut prompts = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: invalid JSON", file.display(), index + 1))?;
-        let Some(prompt) = value.get("prompt").and_then(|p| p.as_str()) else {
+    for record in read_prompts(file, false, OnError::Stop)?.prompts {
+        let Some(text) = record.text else {
             anyhow::bail!(
-                "{}:{}: expected {{\"prompt\": \"...\"}}",
+                "{}:{}: a raw continuation needs {{\"prompt\": \"...\"}}, a string (use `ember chat` for messages)",
                 file.display(),
-                index + 1
+                record.line
             );
         };
-        prompts.push(prompt.to_owned());
+        prompts.push(text);
     }
     let bos = tokenizer.special(Special::Bos)?;
     for chunk in prompts.chunks(batch_size) {

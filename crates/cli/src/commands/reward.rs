@@ -1,28 +1,18 @@
 //! `ember reward`: collect rankings from the SFT model, train a reward model on them,
 //! evaluate it and score answers with it (stage 3).
 
-use std::collections::BTreeMap;
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
-use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use ember_instruct::{ChatTemplate, Conversation, Message, OnError};
-use ember_reward::{
-    answer_row, collect_rankings, default_head_std, encode_rankings, load_reward_model,
-    read_rankings, save_reward_model, score_rankings, score_rows, write_rankings, CollectConfig,
-    CollectPrompt, EncodedRanking, Evaluation, Normalization, Ranking, RankingConfig,
-    RankingObjective, RewardModel,
+use anyhow::bail;
+use ember_instruct::{read_prompts, Conversation, Message};
+use ember_pipeline::settings::for_run;
+use ember_pipeline::{
+    collect, evaluate_reward_model, evaluation_table, load_rankings, score_answers_with,
+    train_reward_model, CollectJob, ModelFolder, RewardInputs, RewardSettings,
 };
-use ember_tasks::{Split, TaskSet};
-use ember_tokenizer::{Special, Tokenizer};
-use ember_train::{fit, load_model, RunDir, TrainConfig};
-use ember_transformer::Sampling;
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
+use ember_tasks::Split;
 
-use crate::config;
+use super::sft::on_error;
 use crate::device::{with_backend, DeviceKind};
 
 /// `ember reward`'s subcommands.
@@ -43,7 +33,7 @@ pub enum Command {
 /// Runs `ember reward`.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Collect(args) => collect(args),
+        Command::Collect(args) => collect_rankings(args),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Score(args) => score(args),
@@ -106,146 +96,26 @@ pub struct CollectArgs {
     pub device: DeviceKind,
 }
 
-fn collect(args: CollectArgs) -> anyhow::Result<()> {
-    with_backend!(args.device, |B, AD, device| collect_on::<B>(&args, &device))
-}
-
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{bar:30}} {{pos}}/{{len}} {what}  [{{elapsed_precise}} < {{eta_precise}}]"
-        ))
-        .expect("valid template"),
-    );
-    bar
-}
-
-fn collect_on<B: Backend>(args: &CollectArgs, device: &B::Device) -> anyhow::Result<()> {
-    if !(0.0..0.1).contains(&args.closeness) {
-        bail!(
-            "--closeness {} would reorder the judge's levels: use a weight in [0, 0.1)",
-            args.closeness
-        );
-    }
-    let template = ChatTemplate::new(Tokenizer::from_file(args.model.join("tokenizer.json"))?)?;
-    let policy = load_model::<B>(&args.model, device)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
-    let tasks = TaskSet::builtin();
-    let split = match args.split {
-        SplitArg::Train => Split::Train,
-        SplitArg::Heldout => Split::HeldOut,
-    };
-    let examples = tasks.examples(split, args.per_family, args.seed);
-    let prompts = examples
-        .iter()
-        .map(|e| CollectPrompt {
-            prompt: Conversation::new(vec![Message::user(&e.prompt)]),
-            family: Some(e.family.clone()),
-            demonstration: args.demonstrations.then(|| e.answer.clone()),
-        })
-        .collect::<Vec<_>>();
-    let sampling = if args.temperature == 0.0 {
-        bail!("collecting needs different answers per prompt: use a temperature above 0");
-    } else {
-        Sampling::Temperature {
-            temperature: args.temperature,
-        }
-    };
-    let config = CollectConfig {
+fn collect_rankings(args: CollectArgs) -> anyhow::Result<()> {
+    let job = CollectJob {
+        model: ModelFolder::new(args.model),
+        output: args.output,
+        split: match args.split {
+            SplitArg::Train => Split::Train,
+            SplitArg::Heldout => Split::HeldOut,
+        },
+        per_family: args.per_family,
         k: args.k,
+        temperature: args.temperature,
         max_new_tokens: args.max_new_tokens,
-        sampling,
-        seed: args.seed,
         noise: args.noise,
-        ..Default::default()
+        closeness: args.closeness,
+        demonstrations: args.demonstrations,
+        seed: args.seed,
     };
-    let progress = bar((prompts.len() * args.k) as u64, "answers");
-    let collected = collect_rankings(
-        &policy,
-        &template,
-        &prompts,
-        &config,
-        |i, answer| {
-            let e = &examples[i];
-            tasks
-                .label(&e.family, &e.prompt, answer, args.closeness)
-                .unwrap_or(0.0)
-        },
-        |n| progress.inc(n as u64),
-    )?;
-    progress.finish_and_clear();
-    write_rankings(&args.output, &collected.rankings)?;
-    println!(
-        "{} prompts × {} answers{}: wrote {} rankings to {} ({} left out with every answer tied, {} empty answers dropped)",
-        prompts.len(),
-        args.k,
-        if collected.demonstrations > 0 {
-            format!(" and {} demonstrations", collected.demonstrations)
-        } else {
-            String::new()
-        },
-        collected.rankings.len(),
-        args.output.display(),
-        collected.all_tied,
-        collected.empty_answers
-    );
+    let done = with_backend!(args.device, |B, AD, device| collect::<B>(&job, &device))?;
+    println!("{done}");
     Ok(())
-}
-
-/// How the trained model's scores are normalised on the SFT policy's answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Normalize {
-    /// Raw scores.
-    None,
-    /// A bias: mean 0.
-    Mean,
-    /// A bias and a gain: mean 0, std 1.
-    MeanStd,
-}
-
-/// `ember reward train`'s configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RewardTrainFile {
-    /// Share of `--data` held out when no `--val` file is given.
-    pub val_fraction: f64,
-    /// Standard deviation of the head's initial weights; `1/√(d_model + 1)` when left out.
-    pub head_std: Option<f64>,
-    /// The normalisation fitted on the training answers (the SFT policy's samples).
-    pub normalize: Normalize,
-    /// Add a learned multiple of the answer's mean log-likelihood under the trunk's own
-    /// language-model head to the score (see docs/reward-model.md).
-    pub likelihood: bool,
-    /// The initial weight of that term.
-    pub likelihood_weight: f64,
-    /// Prompts per batch, margin, seed.
-    pub batch: RankingConfig,
-    /// The loop.
-    pub train: TrainConfig,
-}
-
-impl Default for RewardTrainFile {
-    fn default() -> Self {
-        let mut train = TrainConfig {
-            steps: 150,
-            eval_every: std::num::NonZeroUsize::new(50),
-            checkpoint_every: std::num::NonZeroUsize::new(50),
-            ..Default::default()
-        };
-        train.optimizer.lr = 3e-4;
-        train.optimizer.warmup_steps = 10;
-        Self {
-            val_fraction: 0.1,
-            head_std: None,
-            normalize: Normalize::MeanStd,
-            likelihood: false,
-            likelihood_weight: 1.0,
-            batch: RankingConfig::default(),
-            train,
-        }
-    }
 }
 
 /// Arguments of `ember reward train`.
@@ -279,173 +149,25 @@ pub struct TrainArgs {
     pub strict: bool,
 }
 
-fn load_rankings(path: &Path, strict: bool) -> anyhow::Result<Vec<Ranking>> {
-    let read = read_rankings(path, if strict { OnError::Stop } else { OnError::Skip })?;
-    if !read.skipped.is_empty() {
-        println!(
-            "skipped {} malformed record(s) in {}; the first: {}",
-            read.skipped.len(),
-            path.display(),
-            read.skipped[0]
-        );
-    }
-    if read.rankings.is_empty() {
-        bail!("{}: no ranking to use", path.display());
-    }
-    Ok(read.rankings)
-}
-
-fn encode(
-    template: &ChatTemplate,
-    rankings: &[Ranking],
-    max_len: usize,
-    path: &Path,
-) -> anyhow::Result<Vec<EncodedRanking>> {
-    let (encoded, too_long) = encode_rankings(template, rankings, max_len)?;
-    if too_long > 0 {
-        println!(
-            "left out {too_long} ranking(s) of {} with an answer longer than the model's context ({max_len} tokens)",
-            path.display()
-        );
-    }
-    Ok(encoded)
-}
-
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let settings = config::for_run(
-        &args.run,
-        args.config.as_deref(),
-        |settings: &mut RewardTrainFile| {
-            if let Some(steps) = args.steps {
-                settings.train.steps = steps;
-            }
-        },
-    )?;
-    if !(0.0..1.0).contains(&settings.val_fraction) {
-        bail!(
-            "val_fraction must be in [0, 1), got {}",
-            settings.val_fraction
-        );
+    let mut settings: RewardSettings = for_run(&args.run, args.config.as_deref())?;
+    if let Some(steps) = args.steps {
+        settings.train.steps = steps;
     }
-    with_backend!(args.device, |B, AD, device| train_on::<AD>(
-        &args, &settings, &device
-    ))
-}
-
-fn print_evaluation(eval: &Evaluation) {
-    println!(
-        "{:<10} {:>9} {:>7} {:>10} {:>12}",
-        "K", "rankings", "pairs", "accuracy", "mean margin"
-    );
-    for (k, s) in &eval.by_k {
-        println!(
-            "{k:<10} {:>9} {:>7} {:>9.1}% {:>12.3}",
-            s.rankings,
-            s.pairs,
-            100.0 * s.accuracy,
-            s.mean_margin
-        );
-    }
-    let s = eval.overall;
-    println!(
-        "{:<10} {:>9} {:>7} {:>9.1}% {:>12.3}",
-        "all",
-        s.rankings,
-        s.pairs,
-        100.0 * s.accuracy,
-        s.mean_margin
-    );
-    if let (Some(pooled), Some(within)) = (eval.spearman, eval.spearman_within) {
-        println!(
-            "rank correlation (Spearman) with the labeler's scores: {within:.3} within prompts, {pooled:.3} pooled over prompts"
-        );
-    }
-}
-
-fn train_on<B: AutodiffBackend>(
-    args: &TrainArgs,
-    settings: &RewardTrainFile,
-    device: &B::Device,
-) -> anyhow::Result<()> {
-    let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
-    let template = ChatTemplate::new(tokenizer.clone())?;
-    let pad = tokenizer.special(Special::Pad)?;
-    let trunk = load_model::<B>(&args.model, device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let max_len = trunk.config().max_seq_len;
-    let mut train = load_rankings(&args.data, args.strict)?;
-    let val = match &args.val {
-        Some(path) => load_rankings(path, args.strict)?,
-        None => {
-            let (kept, held) = config::hold_out(train, settings.val_fraction);
-            train = kept;
-            held
-        }
+    let inputs = RewardInputs {
+        model: ModelFolder::new(args.model),
+        data: args.data,
+        val: args.val,
+        run: args.run,
+        on_error: on_error(args.strict),
     };
-    let train = encode(&template, &train, max_len, &args.data)?;
-    let val = encode(
-        &template,
-        &val,
-        max_len,
-        args.val.as_ref().unwrap_or(&args.data),
-    )?;
-    println!(
-        "{} training and {} validation rankings",
-        train.len(),
-        val.len()
-    );
-    let head_std = settings
-        .head_std
-        .unwrap_or_else(|| default_head_std(trunk.config().d_model));
-    let mut model = RewardModel::new(trunk, head_std);
-    if settings.likelihood {
-        model = model.with_likelihood(template.answer_start_token(), settings.likelihood_weight);
-    }
-    let mut objective =
-        RankingObjective::<B>::new(train, val, pad, settings.batch.clone(), device)?;
-    let (model, summary) = fit(
-        model,
-        &mut objective,
-        &settings.train,
-        &RunDir::new(&args.run),
-    )?;
-    let model = model.valid();
-    let raw = score_rankings(
-        &model,
-        objective.train(),
-        pad,
-        settings.batch.eval_batch_size,
-    )?
-    .concat();
-    let normalization = match settings.normalize {
-        Normalize::None => Normalization::default(),
-        Normalize::Mean => Normalization::fit(&raw, false)?,
-        Normalize::MeanStd => Normalization::fit(&raw, true)?,
-    };
-    println!(
-        "normalisation on the {} training answers: score = {:.4} × raw + {:.4}",
-        raw.len(),
-        normalization.gain,
-        normalization.bias
-    );
-    if let Some((weight, _)) = model.likelihood() {
-        println!(
-            "likelihood term: raw score = head + {weight:.4} × mean log-probability of the answer"
-        );
-    }
-    if !objective.val().is_empty() {
-        let scores = score_rankings(&model, objective.val(), pad, settings.batch.eval_batch_size)?;
-        println!("held-out rankings (raw scores):");
-        print_evaluation(&Evaluation::new(objective.val(), &scores));
-    }
-    let out = args.run.join("model");
-    save_reward_model(&model, normalization, &out)?;
-    tokenizer.save(out.join("tokenizer.json"))?;
-    println!(
-        "wrote the reward model to {} ({:.0} pairs/s)",
-        out.display(),
-        summary.tokens_per_second
-    );
+    let done = with_backend!(args.device, |B, AD, device| train_reward_model::<AD>(
+        &inputs,
+        &settings,
+        &device,
+        &mut |line| println!("{line}")
+    ))?;
+    println!("{done}");
     Ok(())
 }
 
@@ -470,33 +192,23 @@ pub struct EvalArgs {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    with_backend!(args.device, |B, AD, device| eval_on::<B>(&args, &device))
-}
-
-fn eval_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()> {
-    let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
-    let template = ChatTemplate::new(tokenizer.clone())?;
-    let pad = tokenizer.special(Special::Pad)?;
-    let (model, normalization) = load_reward_model::<B>(&args.model, device)
-        .with_context(|| format!("loading the reward model in {}", args.model.display()))?;
-    let rankings = load_rankings(&args.data, args.strict)?;
-    let max_len = model.trunk().config().max_seq_len;
-    let (encoded, too_long) = encode_rankings(&template, &rankings, max_len)?;
-    if too_long > 0 {
-        bail!(
-            "{too_long} ranking(s) in {} do not fit the model's context of {max_len} tokens",
-            args.data.display()
-        );
-    }
-    let scores = score_rankings(&model, &encoded, pad, 64)?;
-    print_evaluation(&Evaluation::new(&encoded, &scores));
-    let by_family = by_family(&rankings, &encoded, &scores);
-    if !by_family.is_empty() {
+    let folder = ModelFolder::new(&args.model);
+    let template = folder.template()?;
+    let rankings = load_rankings(&args.data, on_error(args.strict), &mut |l| println!("{l}"))?;
+    let (evaluation, normalization) = with_backend!(args.device, |B, AD, device| {
+        let (model, normalization) = folder.load_reward::<B>(&device)?;
+        anyhow::Ok((
+            evaluate_reward_model(&model, &template, rankings)?,
+            normalization,
+        ))
+    })?;
+    print!("{}", evaluation_table(&evaluation.overall));
+    if !evaluation.by_family.is_empty() {
         println!(
             "\n{:<16} {:>7} {:>10} {:>16}",
             "family", "pairs", "accuracy", "spearman within"
         );
-        for (family, e) in &by_family {
+        for (family, e) in &evaluation.by_family {
             println!(
                 "{family:<16} {:>7} {:>9.1}% {:>16}",
                 e.overall.pairs,
@@ -507,7 +219,7 @@ fn eval_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()
     }
     if let Some(path) = &args.output {
         let mut lines = String::new();
-        for (ranking, scores) in rankings.iter().zip(&scores) {
+        for (ranking, scores) in evaluation.rankings.iter().zip(&evaluation.scores) {
             let mut record = ranking.to_json();
             let rewards = scores
                 .iter()
@@ -521,27 +233,6 @@ fn eval_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// The evaluation of `scores` (the model's scores of `encoded`, the encodings of
-/// `rankings`) per task family, for the rankings that name one.
-pub fn by_family(
-    rankings: &[Ranking],
-    encoded: &[EncodedRanking],
-    scores: &[Vec<f64>],
-) -> BTreeMap<String, Evaluation> {
-    let mut groups: BTreeMap<&str, (Vec<EncodedRanking>, Vec<Vec<f64>>)> = BTreeMap::new();
-    for ((ranking, encoded), scores) in rankings.iter().zip(encoded).zip(scores) {
-        if let Some(family) = &ranking.family {
-            let entry = groups.entry(family).or_default();
-            entry.0.push(encoded.clone());
-            entry.1.push(scores.clone());
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(family, (encoded, scores))| (family.to_string(), Evaluation::new(&encoded, &scores)))
-        .collect()
 }
 
 /// Arguments of `ember reward score`.
@@ -566,68 +257,30 @@ pub struct ScoreArgs {
 }
 
 fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    with_backend!(args.device, |B, AD, device| score_on::<B>(&args, &device))
-}
-
-fn read_pairs(path: &Path) -> anyhow::Result<Vec<(Conversation, String)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut pairs = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |reason: String| anyhow::anyhow!("{}:{}: {reason}", path.display(), i + 1);
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let answer = value
-            .get("answer")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| bad("missing string `answer`".into()))?;
-        let prompt = value
-            .get("prompt")
-            .ok_or_else(|| bad("missing `prompt`".into()))?;
-        let prompt = ember_reward::parse_prompt(prompt).map_err(bad)?;
-        pairs.push((prompt, answer.to_string()));
-    }
-    Ok(pairs)
-}
-
-fn score_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<()> {
-    let tokenizer = Tokenizer::from_file(args.model.join("tokenizer.json"))?;
-    let template = ChatTemplate::new(tokenizer.clone())?;
-    let pad = tokenizer.special(Special::Pad)?;
-    let (model, normalization) = load_reward_model::<B>(&args.model, device)
-        .with_context(|| format!("loading the reward model in {}", args.model.display()))?;
-    let pairs = match (&args.prompt, &args.data) {
+    let folder = ModelFolder::new(&args.model);
+    let template = folder.template()?;
+    let pairs: Vec<(Conversation, String)> = match (&args.prompt, &args.data) {
         (Some(prompt), _) => args
             .answer
             .iter()
-            .map(|a| {
-                (
-                    Conversation::new(vec![Message::user(prompt.as_str())]),
-                    a.clone(),
-                )
-            })
+            .map(|a| (Conversation::new(vec![Message::user(prompt.as_str())]), a.clone()))
             .collect(),
-        (None, Some(path)) => read_pairs(path)?,
+        (None, Some(path)) => read_prompts(path, true, ember_instruct::OnError::Stop)?
+            .prompts
+            .into_iter()
+            .map(|p| (p.prompt, p.answer.unwrap_or_default()))
+            .collect(),
         (None, None) => bail!("give --prompt with --answer, or --data"),
     };
-    let rows = pairs
-        .iter()
-        .map(|(prompt, answer)| answer_row(&template, prompt, answer))
-        .collect::<Result<Vec<_>, _>>()?;
-    let raw = score_rows(&model, &rows, pad, 64)?;
-    for ((prompt, answer), raw) in pairs.iter().zip(raw) {
+    let scores = with_backend!(args.device, |B, AD, device| {
+        let (model, normalization) = folder.load_reward::<B>(&device)?;
+        anyhow::Ok(score_answers_with(&model, normalization, &template, &pairs)?)
+    })?;
+    for ((prompt, answer), (reward, raw)) in pairs.iter().zip(scores) {
         let user = prompt.messages.last().map_or("", |m| m.content.as_str());
         println!(
             "{}",
-            serde_json::json!({
-                "prompt": user,
-                "answer": answer,
-                "reward": normalization.apply(raw),
-                "raw": raw,
-            })
+            serde_json::json!({ "prompt": user, "answer": answer, "reward": reward, "raw": raw })
         );
     }
     Ok(())

@@ -4,10 +4,10 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use ember_tokenizer::Tokenizer;
+use ember_tokenizer::{TextStream, Tokenizer};
 use ember_transformer::Sampling;
 
-use crate::config;
+use ember_pipeline::settings;
 
 /// Sampling flags; they override the `--config` file.
 #[derive(Debug, clap::Args)]
@@ -58,7 +58,7 @@ impl Default for SamplingFile {
 impl SamplingArgs {
     /// The file's settings with the flags applied on top.
     pub fn settings(&self) -> anyhow::Result<SamplingFile> {
-        let mut settings: SamplingFile = config::load(self.config.as_deref())?;
+        let mut settings: SamplingFile = settings::load(self.config.as_deref())?;
         if let Some(n) = self.max_new_tokens {
             settings.max_new_tokens = n;
         }
@@ -82,31 +82,23 @@ impl SamplingArgs {
 /// Prints generated text as it streams, a whole character at a time (a byte-level token may
 /// hold part of one).
 pub struct StreamPrinter<'a> {
-    tokenizer: &'a Tokenizer,
-    ids: Vec<u32>,
-    shown: usize,
+    stream: TextStream<'a>,
 }
 
 impl<'a> StreamPrinter<'a> {
     /// A printer for one answer.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
         Self {
-            tokenizer,
-            ids: Vec::new(),
-            shown: 0,
+            stream: tokenizer.decode_stream(false),
         }
     }
 
     /// Adds a token and prints whatever whole text it completes.
     pub fn push(&mut self, token: u32) {
-        self.ids.push(token);
-        if let Ok(text) = self.tokenizer.decode(&self.ids) {
-            if !text.ends_with('\u{fffd}') && text.len() > self.shown {
-                let mut stdout = std::io::stdout();
-                let _ = write!(stdout, "{}", &text[self.shown..]);
-                let _ = stdout.flush();
-                self.shown = text.len();
-            }
+        if let Ok(Some(text)) = self.stream.step(token) {
+            let mut stdout = std::io::stdout();
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
         }
     }
 }

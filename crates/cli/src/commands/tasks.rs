@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use ember_instruct::{Conversation, Message};
-use ember_tasks::{Split, TaskSet};
-use ember_tokenizer::write_atomically;
+use ember_pipeline::{export_tasks, TasksSettings};
 
 /// Arguments of `ember tasks export`.
 #[derive(Debug, clap::Args)]
@@ -28,32 +26,11 @@ pub struct ExportArgs {
 
 /// Writes the corpus, the SFT conversations (messages JSONL) and the held-out examples.
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let tasks = TaskSet::builtin();
-    std::fs::create_dir_all(&args.out)?;
-    let corpus = tasks.corpus(args.corpus_sentences, args.seed);
-    write_atomically(&args.out.join("corpus.txt"), corpus.as_bytes())?;
-    let mut sft = String::new();
-    for example in tasks.examples(Split::Train, args.train_per_family, args.seed) {
-        let conversation = Conversation::new(vec![
-            Message::user(example.prompt),
-            Message::assistant(example.answer),
-        ]);
-        sft.push_str(&serde_json::to_string(&conversation)?);
-        sft.push('\n');
-    }
-    write_atomically(&args.out.join("sft.jsonl"), sft.as_bytes())?;
-    let mut held = String::new();
-    for example in tasks.examples(Split::HeldOut, args.heldout_per_family, args.seed) {
-        held.push_str(&serde_json::to_string(&example)?);
-        held.push('\n');
-    }
-    write_atomically(&args.out.join("heldout.jsonl"), held.as_bytes())?;
-    println!(
-        "wrote corpus.txt ({} sentences), sft.jsonl ({} conversations) and heldout.jsonl ({} examples) to {}",
-        args.corpus_sentences,
-        sft.lines().count(),
-        held.lines().count(),
-        args.out.display()
-    );
+    let settings = TasksSettings {
+        corpus_sentences: args.corpus_sentences,
+        train_per_family: args.train_per_family,
+        seed: args.seed,
+    };
+    println!("{}", export_tasks(&args.out, &settings, args.heldout_per_family)?);
     Ok(())
 }

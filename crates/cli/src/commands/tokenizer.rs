@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use ember_tokenizer::{corpus_files, BpeConfig, Tokenizer};
 
-use crate::config;
+use ember_pipeline::settings;
 
 /// Arguments of `ember tokenizer train`.
 #[derive(Debug, clap::Args)]
@@ -26,7 +26,7 @@ pub struct TrainArgs {
 
 /// Trains and saves a tokenizer.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let mut config: BpeConfig = config::load(args.config.as_deref())?;
+    let mut config: BpeConfig = settings::load(args.config.as_deref())?;
     if let Some(v) = args.vocab_size {
         config.vocab_size = v;
     }

@@ -1,15 +1,15 @@
-//! TOML run configurations: every field optional, defaults that run on a CPU in minutes.
+//! Settings files: TOML laid over typed defaults key by key, written into a run folder for the
+//! record, and the deterministic hold-out split the training stages share.
 
 use std::path::Path;
 
-use anyhow::Context as _;
-use ember_tokenizer::{BpeConfig, ShardConfig};
-use ember_train::{PretrainConfig, TrainConfig};
 use ember_transformer::{Architecture, GptConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::{Error, Result};
+
 /// A named model size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
     /// 4 layers × 128 wide, ~1M parameters besides the embedding: minutes on a CPU.
@@ -17,7 +17,7 @@ pub enum Preset {
     /// 6 layers × 256 wide.
     Small,
     /// GPT-2 small, 124M parameters: a GPU's job.
-    #[value(name = "gpt2-small")]
+    #[serde(rename = "gpt2-small")]
     Gpt2Small,
 }
 
@@ -31,7 +31,7 @@ impl Preset {
         }
     }
 
-    /// Its name on the command line.
+    /// Its name in settings files and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
@@ -44,7 +44,7 @@ impl Preset {
 /// The `[model]` table: a preset, with any field overridden.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ModelSection {
+pub struct ModelSettings {
     /// Starting point.
     pub preset: Preset,
     /// Llama-style or GPT-2-style.
@@ -57,7 +57,7 @@ pub struct ModelSection {
     pub n_heads: Option<usize>,
 }
 
-impl Default for ModelSection {
+impl Default for ModelSettings {
     fn default() -> Self {
         Self {
             preset: Preset::Tiny,
@@ -69,90 +69,26 @@ impl Default for ModelSection {
     }
 }
 
-impl ModelSection {
+impl ModelSettings {
     /// The model config for a tokenizer of `vocab_size` and windows of `seq_len`.
     pub fn resolve(&self, vocab_size: usize, seq_len: usize) -> GptConfig {
         let mut config = self.preset.config();
         config.vocab_size = vocab_size;
         config.max_seq_len = config.max_seq_len.max(seq_len);
-        if let Some(a) = self.architecture {
-            config.architecture = a;
+        if let Some(architecture) = self.architecture {
+            config.architecture = architecture;
         }
-        if let Some(d) = self.d_model {
-            config.d_model = d;
+        if let Some(d_model) = self.d_model {
+            config.d_model = d_model;
         }
-        if let Some(n) = self.n_layers {
-            config.n_layers = n;
+        if let Some(n_layers) = self.n_layers {
+            config.n_layers = n_layers;
         }
-        if let Some(n) = self.n_heads {
-            config.n_heads = n;
+        if let Some(n_heads) = self.n_heads {
+            config.n_heads = n_heads;
         }
         config
     }
-}
-
-/// `ember pretrain`'s configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PretrainFile {
-    /// The model.
-    pub model: ModelSection,
-    /// The tokenizer trained when none is given.
-    pub tokenizer: BpeConfig,
-    /// The train/validation split.
-    pub shards: ShardConfig,
-    /// Micro-batches.
-    pub batch: PretrainConfig,
-    /// The loop.
-    pub train: TrainConfig,
-}
-
-impl Default for PretrainFile {
-    fn default() -> Self {
-        let train = TrainConfig {
-            // About five minutes on a 2-core CPU for the tiny preset.
-            steps: 300,
-            eval_every: std::num::NonZeroUsize::new(50),
-            checkpoint_every: std::num::NonZeroUsize::new(100),
-            ..Default::default()
-        };
-        Self {
-            model: ModelSection::default(),
-            tokenizer: BpeConfig {
-                vocab_size: 4096,
-                ..Default::default()
-            },
-            shards: ShardConfig::default(),
-            batch: PretrainConfig {
-                batch_size: 16,
-                seq_len: 128,
-                ..Default::default()
-            },
-            train,
-        }
-    }
-}
-
-/// A training command's configuration: `explicit` (`--config`), else the run folder's own
-/// `config.toml` (so a resumed run keeps its settings), else the defaults; `adjust` applies
-/// the command-line overrides; the result is written back into the run folder.
-pub fn for_run<T>(
-    run: &Path,
-    explicit: Option<&Path>,
-    adjust: impl FnOnce(&mut T),
-) -> anyhow::Result<T>
-where
-    T: Serialize + for<'de> Deserialize<'de> + Default,
-{
-    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-    let saved = run.join("config.toml");
-    let path = explicit
-        .map(Path::to_path_buf)
-        .or_else(|| saved.exists().then(|| saved.clone()));
-    let mut config: T = load(path.as_deref())?;
-    adjust(&mut config);
-    ember_tokenizer::write_atomically(&saved, toml::to_string_pretty(&config)?.as_bytes())?;
-    Ok(config)
 }
 
 /// Reads a TOML file into `T`, or `T::default()` without a file.
@@ -165,24 +101,45 @@ where
 /// # Errors
 /// A file that cannot be read, invalid TOML, an unknown key or a wrong type, with the file's
 /// name and the line.
-pub fn load<T>(path: Option<&Path>) -> anyhow::Result<T>
+pub fn load<T>(path: Option<&Path>) -> Result<T>
 where
     T: Serialize + for<'de> Deserialize<'de> + Default,
 {
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let invalid = || format!("{}: invalid configuration", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text, path)
+}
+
+/// [`load`] on text already read from `path` (named in the errors).
+///
+/// # Errors
+/// Invalid TOML, an unknown key or a wrong type.
+pub fn parse<T>(text: &str, path: &Path) -> Result<T>
+where
+    T: Serialize + for<'de> Deserialize<'de> + Default,
+{
+    let invalid = |source| Error::Toml {
+        path: path.to_path_buf(),
+        source,
+    };
     // Syntax, unknown keys and wrong types, reported against the file's own lines.
-    toml::from_str::<T>(&text).with_context(invalid)?;
-    let given: toml::Table = toml::from_str(&text).with_context(invalid)?;
-    let toml::Value::Table(mut config) = toml::Value::try_from(T::default())? else {
-        anyhow::bail!("a configuration must serialise to a TOML table");
+    toml::from_str::<T>(text).map_err(invalid)?;
+    let given: toml::Table = toml::from_str(text).map_err(invalid)?;
+    let toml::Value::Table(mut config) = to_toml_value(&T::default())? else {
+        return Err(Error::Config(
+            "settings must serialise to a TOML table".into(),
+        ));
     };
     merge(&mut config, given);
-    toml::Value::Table(config).try_into().with_context(invalid)
+    toml::Value::Table(config)
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(e))
+}
+
+fn to_toml_value<T: Serialize>(value: &T) -> Result<toml::Value> {
+    toml::Value::try_from(value).map_err(|e| Error::Config(format!("unserialisable settings: {e}")))
 }
 
 /// Lays `given` over `base`: tables merge key by key and any other value replaces. A table
@@ -204,6 +161,34 @@ pub fn merge(base: &mut toml::Table, given: toml::Table) {
     }
 }
 
+/// Writes `settings` as TOML to `path` (atomically), for the record: a run folder's
+/// `config.toml` says how it was made. Nothing reads it to hand settings on.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn record<T: Serialize>(path: &Path, settings: &T) -> Result<()> {
+    let text = toml::to_string_pretty(settings)
+        .map_err(|e| Error::Config(format!("unserialisable settings: {e}")))?;
+    ember_tokenizer::write_atomically(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// A command's settings for a run folder: `explicit` (a `--config` file), else the folder's
+/// own `config.toml` (so a resumed run keeps its settings), else the defaults.
+///
+/// # Errors
+/// As [`load`].
+pub fn for_run<T>(run: &Path, explicit: Option<&Path>) -> Result<T>
+where
+    T: Serialize + for<'de> Deserialize<'de> + Default,
+{
+    let saved = run.join("config.toml");
+    let path = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| saved.exists().then(|| saved.clone()));
+    load(path.as_deref())
+}
+
 /// Splits `items` into (kept, held out): every k-th item with k = round(1 / fraction), so
 /// the split is the same on every run; a fraction of 0 holds nothing out.
 pub fn hold_out<T>(items: Vec<T>, fraction: f64) -> (Vec<T>, Vec<T>) {
@@ -221,9 +206,22 @@ pub fn hold_out<T>(items: Vec<T>, fraction: f64) -> (Vec<T>, Vec<T>) {
     )
 }
 
+/// Checks a validation share: in [0, 1).
+pub(crate) fn check_fraction(val_fraction: f64) -> Result<()> {
+    if (0.0..1.0).contains(&val_fraction) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "val_fraction must be in [0, 1), got {val_fraction}"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PretrainSettings;
+    use ember_train::TrainConfig;
 
     #[test]
     fn hold_out_takes_every_kth_item() {
@@ -236,36 +234,36 @@ mod tests {
 
     #[test]
     fn defaults_round_trip_through_toml() {
-        let config = PretrainFile::default();
+        let config = PretrainSettings::default();
         let text = toml::to_string(&config).unwrap();
-        assert_eq!(toml::from_str::<PretrainFile>(&text).unwrap(), config);
+        assert_eq!(toml::from_str::<PretrainSettings>(&text).unwrap(), config);
     }
 
     #[test]
     fn partial_files_fill_in_defaults_and_unknown_keys_fail() {
-        let config: PretrainFile =
+        let config: PretrainSettings =
             toml::from_str("[train]\nsteps = 7\n[model]\npreset = \"small\"\n").unwrap();
         assert_eq!(config.train.steps, 7);
         assert_eq!(config.model.preset, Preset::Small);
-        assert_eq!(config.batch, PretrainFile::default().batch);
-        assert!(toml::from_str::<PretrainFile>("[train]\nstep = 7\n").is_err());
+        assert_eq!(config.batch, PretrainSettings::default().batch);
+        assert!(toml::from_str::<PretrainSettings>("[train]\nstep = 7\n").is_err());
     }
 
     #[test]
     fn a_partial_table_keeps_the_defaults_of_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pretrain.toml");
-        // PretrainFile's default trains 300 steps; TrainConfig's own default is different.
+        // PretrainSettings' default trains 300 steps; TrainConfig's own default is different.
         assert_ne!(TrainConfig::default().steps, 300);
         std::fs::write(&path, "[train.optimizer]\nlr = 0.01\n").unwrap();
-        let config: PretrainFile = load(Some(&path)).unwrap();
+        let config: PretrainSettings = load(Some(&path)).unwrap();
         assert_eq!(config.train.optimizer.lr, 0.01);
         assert_eq!(config.train.steps, 300);
         assert_eq!(
             config.train.eval_every,
-            PretrainFile::default().train.eval_every
+            PretrainSettings::default().train.eval_every
         );
-        assert_eq!(config.tokenizer, PretrainFile::default().tokenizer);
+        assert_eq!(config.tokenizer, PretrainSettings::default().tokenizer);
     }
 
     #[test]
@@ -273,13 +271,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[train]\nsteps = 7\n\n[batch]\nseq_len = \"long\"\n").unwrap();
-        let error = format!("{:#}", load::<PretrainFile>(Some(&path)).unwrap_err());
+        let error = load::<PretrainSettings>(Some(&path)).unwrap_err().to_string();
         assert!(
             error.contains("bad.toml") && error.contains("line 5"),
             "{error}"
         );
         std::fs::write(&path, "[train]\nstep = 7\n").unwrap();
-        let error = format!("{:#}", load::<PretrainFile>(Some(&path)).unwrap_err());
+        let error = load::<PretrainSettings>(Some(&path)).unwrap_err().to_string();
         assert!(error.contains("unknown field `step`"), "{error}");
     }
 

@@ -1,0 +1,178 @@
+//! The data stage: the built-in tasks' pretraining corpus, SFT conversations and held-out
+//! examples as files, and reading the held-out examples back for evaluation.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+
+use ember_instruct::{Conversation, Message};
+use ember_tasks::{Example, Split, TaskSet};
+use ember_tokenizer::write_atomically;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What the data stage draws from the built-in tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksSettings {
+    /// Sentences of pretraining text (60 000: about 1.6 MB, enough for 200 steps of 16 × 128
+    /// tokens to see most of it once).
+    pub corpus_sentences: usize,
+    /// SFT conversations per family.
+    pub train_per_family: usize,
+    /// Seed of everything drawn.
+    pub seed: u64,
+}
+
+impl Default for TasksSettings {
+    fn default() -> Self {
+        Self {
+            corpus_sentences: 60_000,
+            train_per_family: 400,
+            seed: 0,
+        }
+    }
+}
+
+/// The files the data stage writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskData {
+    /// Pretraining text.
+    pub corpus: PathBuf,
+    /// SFT conversations, messages JSONL.
+    pub sft: PathBuf,
+    /// Held-out examples (family, prompt, answer), JSONL: what the evaluation answers.
+    pub heldout: PathBuf,
+}
+
+impl TaskData {
+    /// The files inside `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            corpus: dir.join("corpus.txt"),
+            sft: dir.join("sft.jsonl"),
+            heldout: dir.join("heldout.jsonl"),
+        }
+    }
+
+    /// Whether every file is there (the held-out file is written last).
+    pub fn exists(&self) -> bool {
+        self.corpus.is_file() && self.sft.is_file() && self.heldout.is_file()
+    }
+}
+
+/// What [`export_tasks`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// Where.
+    pub files: TaskData,
+    /// Sentences in the corpus.
+    pub sentences: usize,
+    /// SFT conversations.
+    pub conversations: usize,
+    /// Held-out examples.
+    pub heldout: usize,
+}
+
+impl std::fmt::Display for Exported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wrote corpus.txt ({} sentences), sft.jsonl ({} conversations) and heldout.jsonl ({} examples) to {}",
+            self.sentences,
+            self.conversations,
+            self.heldout,
+            self.files
+                .corpus
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+        )
+    }
+}
+
+/// Writes the built-in tasks' corpus, SFT conversations (messages JSONL) and
+/// `heldout_per_family` held-out examples per family into `dir`, each file atomically.
+///
+/// # Errors
+/// The files cannot be written.
+pub fn export_tasks(
+    dir: &Path,
+    settings: &TasksSettings,
+    heldout_per_family: usize,
+) -> Result<Exported> {
+    let tasks = TaskSet::builtin();
+    let files = TaskData::in_dir(dir);
+    let corpus = tasks.corpus(settings.corpus_sentences, settings.seed);
+    write_atomically(&files.corpus, corpus.as_bytes())?;
+    let mut sft = String::new();
+    let train = tasks.examples(Split::Train, settings.train_per_family, settings.seed);
+    for example in &train {
+        let conversation = Conversation::new(vec![
+            Message::user(&example.prompt),
+            Message::assistant(&example.answer),
+        ]);
+        sft.push_str(&serde_json::to_string(&conversation).expect("conversations serialise"));
+        sft.push('\n');
+    }
+    write_atomically(&files.sft, sft.as_bytes())?;
+    let heldout = tasks.examples(Split::HeldOut, heldout_per_family, settings.seed);
+    let mut held = String::new();
+    for example in &heldout {
+        held.push_str(&serde_json::to_string(example).expect("examples serialise"));
+        held.push('\n');
+    }
+    write_atomically(&files.heldout, held.as_bytes())?;
+    Ok(Exported {
+        files,
+        sentences: settings.corpus_sentences,
+        conversations: train.len(),
+        heldout: heldout.len(),
+    })
+}
+
+/// Reads examples written by [`export_tasks`] (`heldout.jsonl`), in order.
+///
+/// # Errors
+/// A missing file, or a line that is not an example (named by its line).
+pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut examples = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let example = serde_json::from_str(&line).map_err(|e| Error::Missing {
+            path: path.to_path_buf(),
+            reason: format!("line {}: not a task example: {e}", i + 1),
+        })?;
+        examples.push(example);
+    }
+    Ok(examples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heldout_file_reads_back_as_the_tasks_draw() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TasksSettings {
+            corpus_sentences: 20,
+            train_per_family: 2,
+            seed: 3,
+        };
+        let exported = export_tasks(dir.path(), &settings, 2).unwrap();
+        assert!(exported.files.exists());
+        let read = read_examples(&exported.files.heldout).unwrap();
+        assert_eq!(read, TaskSet::builtin().examples(Split::HeldOut, 2, 3));
+        assert_eq!(read.len(), exported.heldout);
+        let sft = std::fs::read_to_string(&exported.files.sft).unwrap();
+        assert_eq!(sft.lines().count(), exported.conversations);
+        std::fs::write(dir.path().join("bad.jsonl"), "{\"family\": 1}\n").unwrap();
+        let error = read_examples(&dir.path().join("bad.jsonl")).unwrap_err();
+        assert!(error.to_string().contains("line 1"), "{error}");
+    }
+}

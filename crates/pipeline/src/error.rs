@@ -1,0 +1,101 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// What can stop a stage, the pipeline, the evaluation or the report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TOML settings file that does not parse, has an unknown key or a wrong type (the
+    /// message names the line).
+    #[error("{path}: invalid configuration: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parse error, with its line.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A JSON file (summary, timings, metrics) that does not parse.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Settings that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A stage's input that is missing (no data to train a tokenizer on, no ranking left, …).
+    #[error("{path}: {reason}")]
+    Missing {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// A plot could not be drawn.
+    #[error("{path}: drawing the plot failed: {reason}")]
+    Plot {
+        /// The file.
+        path: PathBuf,
+        /// The drawing backend's message.
+        reason: String,
+    },
+    /// A pipeline stage failed.
+    #[error("stage {stage}: {source}")]
+    Stage {
+        /// The stage's name.
+        stage: &'static str,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// From the tokenizer or the token shards.
+    #[error(transparent)]
+    Tokenizer(#[from] ember_tokenizer::Error),
+    /// From the chat template or the instruction data.
+    #[error(transparent)]
+    Instruct(#[from] ember_instruct::Error),
+    /// From the model or generation.
+    #[error(transparent)]
+    Model(#[from] ember_transformer::Error),
+    /// From the training loop or the model files.
+    #[error(transparent)]
+    Train(#[from] ember_train::Error),
+    /// From the reward model.
+    #[error(transparent)]
+    Reward(#[from] ember_reward::Error),
+    /// From PPO.
+    #[error(transparent)]
+    Ppo(#[from] ember_ppo::Error),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Self::Json {
+            path: path.into(),
+            source,
+        }
+    }
+}

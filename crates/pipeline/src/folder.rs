@@ -1,0 +1,188 @@
+//! A model folder: the weights (`model.mpk`), the model's config (`model.json`), the tokenizer
+//! it was trained with (`tokenizer.json`) and, for a reward model, `reward.json`. The chat
+//! template is Ember's, built from the tokenizer's special tokens.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use ember_instruct::ChatTemplate;
+use ember_reward::{load_reward_model, save_reward_model, Normalization, RewardModel};
+use ember_tokenizer::Tokenizer;
+use ember_train::{load_model, load_model_config, save_model};
+use ember_transformer::{Gpt, GptConfig};
+
+use crate::{Error, Result};
+
+/// The tokenizer's file in a model folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A model folder on disk, written whole or not at all: [`ModelFolder::save`] writes a hidden
+/// sibling folder and renames it into place, so a folder that exists is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFolder {
+    path: PathBuf,
+}
+
+impl ModelFolder {
+    /// The folder at `path` (nothing is read until asked for).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a model has been saved here (a folder only appears once it is complete).
+    pub fn exists(&self) -> bool {
+        self.path.join("model.mpk").is_file() && self.path.join(TOKENIZER_FILE).is_file()
+    }
+
+    /// Whether a reward model has been saved here.
+    pub fn holds_reward_model(&self) -> bool {
+        self.exists() && self.path.join("reward.json").is_file()
+    }
+
+    /// The tokenizer.
+    ///
+    /// # Errors
+    /// A missing or damaged `tokenizer.json`.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        Ok(Tokenizer::from_file(self.path.join(TOKENIZER_FILE))?)
+    }
+
+    /// The chat template over the tokenizer.
+    ///
+    /// # Errors
+    /// As [`ModelFolder::tokenizer`], or a tokenizer without the template's special tokens.
+    pub fn template(&self) -> Result<ChatTemplate> {
+        Ok(ChatTemplate::new(self.tokenizer()?)?)
+    }
+
+    /// The model's config.
+    ///
+    /// # Errors
+    /// A missing or damaged `model.json`.
+    pub fn config(&self) -> Result<GptConfig> {
+        Ok(load_model_config(&self.path)?)
+    }
+
+    /// The language model, on `device`.
+    ///
+    /// # Errors
+    /// Missing or damaged files.
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Gpt<B>> {
+        Ok(load_model::<B>(&self.path, device)?)
+    }
+
+    /// The reward model and its normalisation, on `device`.
+    ///
+    /// # Errors
+    /// Missing or damaged files; a folder without `reward.json` holds a language model.
+    pub fn load_reward<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(RewardModel<B>, Normalization)> {
+        Ok(load_reward_model::<B>(&self.path, device)?)
+    }
+
+    /// Saves a language model with its tokenizer, replacing what the folder held.
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn save<B: Backend>(&self, model: &Gpt<B>, tokenizer: &Tokenizer) -> Result<()> {
+        self.write_whole(|dir| {
+            save_model(model, dir)?;
+            tokenizer.save(dir.join(TOKENIZER_FILE))?;
+            Ok(())
+        })
+    }
+
+    /// Saves a reward model, its normalisation and its tokenizer, replacing what the folder
+    /// held.
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn save_reward<B: Backend>(
+        &self,
+        model: &RewardModel<B>,
+        normalization: Normalization,
+        tokenizer: &Tokenizer,
+    ) -> Result<()> {
+        self.write_whole(|dir| {
+            save_reward_model(model, normalization, dir)?;
+            tokenizer.save(dir.join(TOKENIZER_FILE))?;
+            Ok(())
+        })
+    }
+
+    /// Writes the files into a hidden sibling folder, then puts it in the folder's place.
+    fn write_whole(&self, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let name = self
+            .path
+            .file_name()
+            .ok_or_else(|| Error::Config(format!("{}: not a folder name", self.path.display())))?
+            .to_string_lossy();
+        let parent = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let partial = parent.join(format!(".{name}.partial"));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        write(&partial)?;
+        if self.path.exists() {
+            std::fs::remove_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        }
+        std::fs::rename(&partial, &self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use ember_tokenizer::BpeConfig;
+
+    #[test]
+    fn a_saved_folder_loads_back_and_a_partial_one_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("corpus.txt");
+        std::fs::write(&text, "the cat sat on the mat. ".repeat(50)).unwrap();
+        let bpe = BpeConfig {
+            vocab_size: 300,
+            ..Default::default()
+        };
+        let tokenizer = Tokenizer::train(&[text], &bpe).unwrap();
+        let mut config = GptConfig::tiny();
+        config.vocab_size = tokenizer.vocab_size();
+        config.d_model = 32;
+        config.n_layers = 1;
+        config.n_heads = 2;
+        let model = config.init::<Flex>(&Default::default()).unwrap();
+        let folder = ModelFolder::new(dir.path().join("run/model"));
+        assert!(!folder.exists());
+        folder.save(&model, &tokenizer).unwrap();
+        assert!(folder.exists() && !folder.holds_reward_model());
+        assert_eq!(folder.config().unwrap(), config);
+        assert_eq!(folder.tokenizer().unwrap().vocab_size(), tokenizer.vocab_size());
+        let loaded = folder.load::<Flex>(&Default::default()).unwrap();
+        assert_eq!(loaded.config(), &config);
+        // Saving again replaces the folder whole and leaves no partial folder behind.
+        folder.save(&loaded, &tokenizer).unwrap();
+        let names = std::fs::read_dir(dir.path().join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(names, vec!["model".to_string()]);
+        // A folder with weights but no tokenizer (a save cut short) is not a model.
+        std::fs::remove_file(dir.path().join("run/model/tokenizer.json")).unwrap();
+        assert!(!folder.exists());
+        assert!(folder.tokenizer().is_err());
+    }
+}

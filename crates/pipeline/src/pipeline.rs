@@ -1,0 +1,402 @@
+//! The pipeline: every stage in order on the built-in tasks — data, pretraining, SFT,
+//! rankings, reward model, PPO, evaluation, report — in one run folder. A stage whose output
+//! is complete is not redone; an interrupted one resumes from its checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use ember_instruct::OnError;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::record;
+use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy};
+use crate::{
+    collect, export_tasks, ppo, pretrain, read_examples, sft, train_reward_model, write_report,
+    CollectSettings, Error, ModelFolder, PpoInputs, PpoSettings, PretrainInputs,
+    PretrainSettings, PromptSource, Result, RewardInputs, RewardSettings, SftInputs, SftSettings,
+    TaskData, TasksSettings,
+};
+
+/// The pipeline's settings: one table per stage, each laid over the pipeline's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// The data.
+    pub tasks: TasksSettings,
+    /// Stage 1.
+    pub pretrain: PretrainSettings,
+    /// Stage 2.
+    pub sft: SftSettings,
+    /// Rankings for stage 3.
+    pub collect: CollectSettings,
+    /// Stage 3.
+    pub reward: RewardSettings,
+    /// Stage 4.
+    pub ppo: PpoSettings,
+    /// The evaluation.
+    pub eval: EvalSettings,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        let mut pretrain = PretrainSettings::default();
+        // A small vocabulary keeps words in pieces: spelling, reversing and counting letters
+        // are learnable from pieces, not from one opaque token per word (SFT judge 0.468
+        // with 512 tokens, 0.209 with 2048; docs/pipeline.md).
+        pretrain.tokenizer.vocab_size = 512;
+        pretrain.train.steps = 200;
+        pretrain.train.eval_every = std::num::NonZeroUsize::new(50);
+        let mut sft = SftSettings {
+            val_fraction: 0.05,
+            ..Default::default()
+        };
+        sft.batch.batch_size = 16;
+        sft.batch.row_len = 64;
+        sft.train.steps = 300;
+        sft.train.eval_every = std::num::NonZeroUsize::new(50);
+        sft.train.optimizer.lr = 2e-3;
+        sft.train.optimizer.warmup_steps = 20;
+        let mut reward = RewardSettings {
+            likelihood: true,
+            ..Default::default()
+        };
+        reward.train.steps = 100;
+        reward.train.eval_every = std::num::NonZeroUsize::new(25);
+        let mut ppo = PpoSettings::default();
+        ppo.optimizer.lr = 3e-5;
+        Self {
+            tasks: TasksSettings::default(),
+            pretrain,
+            sft,
+            collect: CollectSettings::default(),
+            reward,
+            ppo,
+            eval: EvalSettings::default(),
+        }
+    }
+}
+
+/// A stage of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// The built-in tasks' data as files.
+    Data,
+    /// Stage 1: tokenizer, shards, pretraining.
+    Pretrain,
+    /// Stage 2: instruction tuning.
+    Sft,
+    /// K answers per prompt from the SFT model, ranked by the judge.
+    Collect,
+    /// Stage 3: the reward model.
+    Reward,
+    /// Stage 4: PPO.
+    Ppo,
+    /// The held-out evaluation of every model.
+    Eval,
+    /// `report.md` and the plots (always written anew).
+    Report,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 8] = [
+        Stage::Data,
+        Stage::Pretrain,
+        Stage::Sft,
+        Stage::Collect,
+        Stage::Reward,
+        Stage::Ppo,
+        Stage::Eval,
+        Stage::Report,
+    ];
+
+    /// Its name in the log and in `timings.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Data => "data",
+            Stage::Pretrain => "pretrain",
+            Stage::Sft => "sft",
+            Stage::Collect => "collect",
+            Stage::Reward => "reward",
+            Stage::Ppo => "ppo",
+            Stage::Eval => "eval",
+            Stage::Report => "report",
+        }
+    }
+}
+
+/// What a resumed pipeline does with a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Its output is complete: skip it.
+    Done,
+    /// Run it (resuming from its checkpoint, if it has one).
+    Run,
+}
+
+/// Seconds each stage took, kept in `timings.json` so that a resumed run still reports the
+/// stages it did not redo.
+pub type Timings = BTreeMap<String, f64>;
+
+/// A pipeline run folder's layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFolder {
+    root: PathBuf,
+}
+
+impl RunFolder {
+    /// The run folder at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The data stage's files.
+    pub fn data(&self) -> TaskData {
+        TaskData::in_dir(&self.root.join("data"))
+    }
+
+    /// A stage's own run folder (checkpoints, metrics, `config.toml`, `model/`): `base`,
+    /// `sft`, `reward` or `ppo`.
+    pub fn stage(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// A policy's model folder.
+    pub fn model(&self, policy: Policy) -> ModelFolder {
+        ModelFolder::new(self.stage(policy.name()).join("model"))
+    }
+
+    /// The reward model's folder.
+    pub fn reward_model(&self) -> ModelFolder {
+        ModelFolder::new(self.stage("reward").join("model"))
+    }
+
+    /// The rankings' folder (`train.jsonl`, `heldout.jsonl`).
+    pub fn rankings(&self) -> PathBuf {
+        self.root.join("rankings")
+    }
+
+    /// The evaluation's folder (`{model}.jsonl`, `summary.json`).
+    pub fn eval(&self) -> PathBuf {
+        self.root.join("eval")
+    }
+
+    /// `timings.json`.
+    pub fn timings(&self) -> PathBuf {
+        self.root.join("timings.json")
+    }
+
+    /// `report.md`.
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report.md")
+    }
+
+    /// The plots' folder.
+    pub fn plots(&self) -> PathBuf {
+        self.root.join("plots")
+    }
+
+    /// The timings of the stages run so far.
+    ///
+    /// # Errors
+    /// A damaged `timings.json`.
+    pub fn read_timings(&self) -> Result<Timings> {
+        let path = self.timings();
+        if !path.exists() {
+            return Ok(Timings::new());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::json(&path, e))
+    }
+}
+
+/// The pipeline over one run folder with its settings.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    folder: RunFolder,
+    settings: PipelineSettings,
+}
+
+impl Pipeline {
+    /// The pipeline writing into `root` with `settings`.
+    pub fn new(root: impl Into<PathBuf>, settings: PipelineSettings) -> Self {
+        Self {
+            folder: RunFolder::new(root),
+            settings,
+        }
+    }
+
+    /// Its run folder.
+    pub fn folder(&self) -> &RunFolder {
+        &self.folder
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+
+    /// Whether `stage`'s output is complete in the run folder.
+    pub fn is_done(&self, stage: Stage) -> bool {
+        let run = &self.folder;
+        match stage {
+            Stage::Data => run.data().exists(),
+            Stage::Pretrain => run.model(Policy::Base).exists(),
+            Stage::Sft => run.model(Policy::Sft).exists(),
+            Stage::Collect => run.rankings().join("heldout.jsonl").is_file(),
+            Stage::Reward => run.reward_model().holds_reward_model(),
+            Stage::Ppo => run.model(Policy::Ppo).exists(),
+            Stage::Eval => run.eval().join("summary.json").is_file(),
+            Stage::Report => false,
+        }
+    }
+
+    /// What running now would do with each stage.
+    pub fn plan(&self) -> Vec<(Stage, Decision)> {
+        Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let decision = if self.is_done(stage) {
+                    Decision::Done
+                } else {
+                    Decision::Run
+                };
+                (stage, decision)
+            })
+            .collect()
+    }
+
+    /// Runs every stage that is not done, in order, on `device`; `log` hears each stage's
+    /// progress and results. Returns the timings of every stage run so far.
+    ///
+    /// # Errors
+    /// The first stage that fails, named.
+    pub fn run<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Timings> {
+        std::fs::create_dir_all(self.folder.root()).map_err(|e| Error::io(self.folder.root(), e))?;
+        record(&self.folder.root().join("config.toml"), &self.settings)?;
+        let mut timings = self.folder.read_timings()?;
+        let total = Stage::ALL.len();
+        for (index, (stage, decision)) in self.plan().into_iter().enumerate() {
+            let name = stage.name();
+            if decision == Decision::Done {
+                log(&format!("== {}/{total} {name}: done already", index + 1));
+                continue;
+            }
+            log(&format!("\n== {}/{total} {name}", index + 1));
+            let clock = Instant::now();
+            self.run_stage::<B>(stage, device, log)
+                .map_err(|source| Error::Stage {
+                    stage: name,
+                    source: Box::new(source),
+                })?;
+            if stage != Stage::Report {
+                timings.insert(name.to_string(), clock.elapsed().as_secs_f64());
+                let json = serde_json::to_string_pretty(&timings).expect("timings serialise");
+                ember_tokenizer::write_atomically(&self.folder.timings(), json.as_bytes())?;
+            }
+        }
+        Ok(timings)
+    }
+
+    /// Runs one stage (whether or not it is done), reading what the stages before it wrote.
+    ///
+    /// # Errors
+    /// A missing input or the stage's own error.
+    pub fn run_stage<B: AutodiffBackend>(
+        &self,
+        stage: Stage,
+        device: &B::Device,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let run = &self.folder;
+        let settings = &self.settings;
+        let data = run.data();
+        match stage {
+            Stage::Data => {
+                let dir = run.root().join("data");
+                let exported = export_tasks(&dir, &settings.tasks, settings.eval.per_family)?;
+                log(&exported.to_string());
+            }
+            Stage::Pretrain => {
+                let inputs = PretrainInputs {
+                    data: vec![data.corpus.clone()],
+                    tokenizer: None,
+                    run: run.stage(Policy::Base.name()),
+                };
+                let done = pretrain::<B>(&inputs, &settings.pretrain, device, log)?;
+                log(&done.to_string());
+            }
+            Stage::Sft => {
+                let inputs = SftInputs {
+                    model: run.model(Policy::Base),
+                    data: data.sft.clone(),
+                    val: None,
+                    run: run.stage(Policy::Sft.name()),
+                    on_error: OnError::Stop,
+                };
+                let done = sft::<B>(&inputs, &settings.sft, device, log)?;
+                log(&done.to_string());
+            }
+            Stage::Collect => {
+                let jobs = settings.collect.jobs(
+                    &run.model(Policy::Sft),
+                    &run.rankings(),
+                    settings.eval.max_new_tokens,
+                );
+                for job in &jobs {
+                    let done = collect::<B::InnerBackend>(job, device)?;
+                    log(&done.to_string());
+                }
+            }
+            Stage::Reward => {
+                let inputs = RewardInputs {
+                    model: run.model(Policy::Sft),
+                    data: run.rankings().join("train.jsonl"),
+                    val: None,
+                    run: run.stage("reward"),
+                    on_error: OnError::Stop,
+                };
+                let done = train_reward_model::<B>(&inputs, &settings.reward, device, log)?;
+                log(&done.to_string());
+            }
+            Stage::Ppo => {
+                let inputs = PpoInputs {
+                    policy: run.model(Policy::Sft),
+                    reward: run.reward_model(),
+                    prompts: PromptSource::Tasks,
+                    ptx_shards: Some(run.stage(Policy::Base.name()).join("shards")),
+                    run: run.stage(Policy::Ppo.name()),
+                };
+                let done = ppo::<B>(&inputs, &settings.ppo, device, log)?;
+                log(&done.to_string());
+            }
+            Stage::Eval => {
+                let inputs = EvalInputs {
+                    models: Policy::ALL.iter().map(|&p| (p, run.model(p))).collect(),
+                    reward: run.reward_model(),
+                    rankings: run.rankings().join("heldout.jsonl"),
+                    examples: read_examples(&data.heldout)?,
+                    out: run.eval(),
+                };
+                evaluate_pipeline::<B::InnerBackend>(&inputs, &settings.eval, device, log)?;
+            }
+            Stage::Report => {
+                let updates = settings.ppo.ppo.updates_per_rollout();
+                let markdown = write_report(run, updates)?;
+                log(&markdown);
+            }
+        }
+        Ok(())
+    }
+}
