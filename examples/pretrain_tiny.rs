@@ -1,7 +1,8 @@
-//! Stage 1 through the library API: train a tokenizer, shard a corpus, pretrain a small decoder
-//! with the shared loop, then sample from it with the KV cache.
+//! cargo run --release --example pretrain_tiny -- [TEXT_FILES_OR_FOLDERS...]
 //!
-//!     cargo run --release --example pretrain_tiny -- [TEXT_FILES_OR_FOLDERS...]
+//! Stage 1 through the library API, piece by piece: train a tokenizer, shard a corpus,
+//! pretrain a small decoder with the shared loop, then sample from it with the KV cache
+//! (`ember::pipeline::pretrain` does all of it in one call).
 //!
 //! Without arguments it trains on this repository's own docs and READMEs, which takes about a
 //! minute on a CPU; give it `data/shakespeare` (see `scripts/fetch-shakespeare.sh`) for more text.

@@ -647,8 +647,11 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
         assert!(run.join(file).exists(), "{file} missing: {}", text(&out));
     }
     for plot in ["loss", "reward", "kl"] {
-        let bytes = std::fs::read(run.join(format!("plots/{plot}.png"))).unwrap();
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is a PNG");
+        let svg = std::fs::read_to_string(run.join(format!("plots/{plot}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{plot}.svg"
+        );
     }
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     for needle in [
@@ -673,24 +676,28 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/summary.json")).unwrap())
             .unwrap();
     for model in ["base", "sft", "ppo"] {
-        let families = summary["judge_sampled"][model].as_object().unwrap();
+        let sampled = &summary["models"][model]["sampled"];
+        let families = sampled["families"].as_object().unwrap();
         assert_eq!(families.len(), 8, "{summary}");
         let scores = families
             .values()
-            .map(|v| v.as_f64().unwrap())
+            .map(|v| v["mean"].as_f64().unwrap())
             .collect::<Vec<_>>();
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
-        let mean = summary["judge_sampled_mean"][model].as_f64().unwrap();
+        let mean = sampled["mean"].as_f64().unwrap();
         assert!(
             (mean - scores.iter().sum::<f64>() / 8.0).abs() < 1e-9,
             "{summary}"
         );
     }
     let by_family = summary["reward_model_by_family"].as_object().unwrap();
-    let pairs: u64 = by_family.values().map(|v| v[1].as_u64().unwrap()).sum();
+    let pairs: u64 = by_family
+        .values()
+        .map(|v| v["pairs"].as_u64().unwrap())
+        .sum();
     assert_eq!(
         pairs,
-        summary["reward_model"][4].as_u64().unwrap(),
+        summary["reward_model"]["pairs"].as_u64().unwrap(),
         "{summary}"
     );
     let timings: serde_json::Value =

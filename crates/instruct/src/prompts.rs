@@ -137,11 +137,18 @@ mod tests {
         assert_eq!(read.prompts[1].line, 3);
         assert_eq!(read.prompts[1].prompt.messages.len(), 2);
         assert_eq!(read.prompts[1].text, None);
-        let skipped = read.skipped.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let skipped = read
+            .skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(skipped[0].ends_with(":4: the prompt must end with a user turn, not Assistant"));
         assert!(skipped[1].ends_with(":5: missing `prompt`"), "{skipped:?}");
         let error = read_prompts(&path, true, OnError::Stop).unwrap_err();
-        assert!(error.to_string().ends_with(":3: missing string `answer`"), "{error}");
+        assert!(
+            error.to_string().ends_with(":3: missing string `answer`"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

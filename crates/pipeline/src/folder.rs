@@ -170,7 +170,10 @@ mod tests {
         folder.save(&model, &tokenizer).unwrap();
         assert!(folder.exists() && !folder.holds_reward_model());
         assert_eq!(folder.config().unwrap(), config);
-        assert_eq!(folder.tokenizer().unwrap().vocab_size(), tokenizer.vocab_size());
+        assert_eq!(
+            folder.tokenizer().unwrap().vocab_size(),
+            tokenizer.vocab_size()
+        );
         let loaded = folder.load::<Flex>(&Default::default()).unwrap();
         assert_eq!(loaded.config(), &config);
         // Saving again replaces the folder whole and leaves no partial folder behind.

@@ -14,9 +14,9 @@ use crate::settings::record;
 use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy};
 use crate::{
     collect, export_tasks, ppo, pretrain, read_examples, sft, train_reward_model, write_report,
-    CollectSettings, Error, ModelFolder, PpoInputs, PpoSettings, PretrainInputs,
-    PretrainSettings, PromptSource, Result, RewardInputs, RewardSettings, SftInputs, SftSettings,
-    TaskData, TasksSettings,
+    CollectSettings, Error, ModelFolder, PpoInputs, PpoSettings, PretrainInputs, PretrainSettings,
+    PromptSource, Result, RewardInputs, RewardSettings, SftInputs, SftSettings, TaskData,
+    TasksSettings,
 };
 
 /// The pipeline's settings: one table per stage, each laid over the pipeline's defaults.
@@ -75,6 +75,54 @@ impl Default for PipelineSettings {
             ppo,
             eval: EvalSettings::default(),
         }
+    }
+}
+
+impl PipelineSettings {
+    /// A toy run of every stage in seconds on a CPU (a 2-layer, 32-wide model, a few steps of
+    /// each stage): for tests, the examples and trying the plumbing, not for results.
+    pub fn toy() -> Self {
+        let mut toy = Self::default();
+        toy.tasks = TasksSettings {
+            corpus_sentences: 3000,
+            train_per_family: 24,
+            seed: 0,
+        };
+        let model = &mut toy.pretrain.model;
+        (model.d_model, model.n_layers, model.n_heads) = (Some(32), Some(2), Some(2));
+        toy.pretrain.tokenizer.vocab_size = 400;
+        toy.pretrain.batch.batch_size = 4;
+        toy.pretrain.batch.seq_len = 32;
+        toy.sft.val_fraction = 0.1;
+        toy.sft.batch.batch_size = 4;
+        toy.sft.batch.row_len = 48;
+        for train in [
+            &mut toy.pretrain.train,
+            &mut toy.sft.train,
+            &mut toy.reward.train,
+        ] {
+            train.steps = 4;
+            train.eval_every = std::num::NonZeroUsize::new(2);
+            train.checkpoint_every = std::num::NonZeroUsize::new(2);
+            train.progress = false;
+        }
+        toy.reward.train.steps = 3;
+        toy.collect.per_family = 6;
+        toy.collect.heldout_per_family = 4;
+        toy.collect.k = 3;
+        toy.reward.batch.prompts_per_batch = 2;
+        toy.ppo.iterations = 2;
+        toy.ppo.prompts_per_family = 4;
+        toy.ppo.eval_per_family = 1;
+        toy.ppo.eval_every = 1;
+        toy.ppo.checkpoint_every = 1;
+        toy.ppo.ppo.rollout_prompts = 8;
+        toy.ppo.ppo.samples_per_prompt = 2;
+        toy.ppo.ppo.minibatches = 2;
+        toy.ppo.ppo.max_new_tokens = 6;
+        toy.eval.per_family = 2;
+        toy.eval.max_new_tokens = 8;
+        toy
     }
 }
 
@@ -258,16 +306,16 @@ impl Pipeline {
         }
     }
 
-    /// What running now would do with each stage.
+    /// What running now would do with each stage: a stage is skipped when its output is
+    /// complete and no stage before it runs (a later stage's output rests on the earlier
+    /// ones', so it is made again after any of them is).
     pub fn plan(&self) -> Vec<(Stage, Decision)> {
+        let mut rerun = false;
         Stage::ALL
             .iter()
             .map(|&stage| {
-                let decision = if self.is_done(stage) {
-                    Decision::Done
-                } else {
-                    Decision::Run
-                };
+                rerun = rerun || !self.is_done(stage);
+                let decision = if rerun { Decision::Run } else { Decision::Done };
                 (stage, decision)
             })
             .collect()
@@ -283,7 +331,8 @@ impl Pipeline {
         device: &B::Device,
         log: &mut dyn FnMut(&str),
     ) -> Result<Timings> {
-        std::fs::create_dir_all(self.folder.root()).map_err(|e| Error::io(self.folder.root(), e))?;
+        std::fs::create_dir_all(self.folder.root())
+            .map_err(|e| Error::io(self.folder.root(), e))?;
         record(&self.folder.root().join("config.toml"), &self.settings)?;
         let mut timings = self.folder.read_timings()?;
         let total = Stage::ALL.len();

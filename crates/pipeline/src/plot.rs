@@ -57,7 +57,10 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 type Drawn<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, chart: &Chart) -> Drawn<()>
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    chart: &Chart,
+) -> Drawn<()>
 where
     DB::ErrorType: 'static,
 {
@@ -93,7 +96,9 @@ where
         let color = Palette99::pick(k).to_rgba();
         plot.draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(series.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     plot.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -179,7 +184,10 @@ mod tests {
         let svg = render_svg(&[chart.clone(), chart.clone(), chart], 2).unwrap();
         assert!(svg.contains("width=\"1120\"") && svg.contains("height=\"720\""));
         for text in ["pretraining loss", "step", "train", "val"] {
-            assert!(svg.contains(&format!(">\n{text}\n</text>")), "{text} is written");
+            assert!(
+                svg.contains(&format!(">\n{text}\n</text>")),
+                "{text} is written"
+            );
         }
         let lines = polylines(&svg);
         // Every chart draws both series (its NaN point skipped) and the legend's two samples.
@@ -189,7 +197,9 @@ mod tests {
         assert!(short >= 3 * 3, "the val line and the legend samples");
         // The falling curve falls on the page: y grows downwards in SVG.
         let first = long[0];
-        assert!(first.windows(2).all(|w| w[1].0 > w[0].0 && w[1].1 >= w[0].1));
+        assert!(first
+            .windows(2)
+            .all(|w| w[1].0 > w[0].0 && w[1].1 >= w[0].1));
         assert!(first[49].1 - first[0].1 > 200.0, "{first:?}");
     }
 

@@ -161,7 +161,11 @@ impl std::fmt::Display for PpoTrained {
             "after PPO (greedy, held-out prompts):  {}",
             shown(&self.after)
         )?;
-        write!(f, "wrote the tuned policy to {}", self.model.path().display())
+        write!(
+            f,
+            "wrote the tuned policy to {}",
+            self.model.path().display()
+        )
     }
 }
 
@@ -318,7 +322,12 @@ pub fn ppo<B: AutodiffBackend>(
         ember_tokenizer::write_atomically(&before_path, json.as_bytes())?;
         map
     };
-    let (model, _) = fit(start, &mut objective, &train_config, &RunDir::new(&inputs.run))?;
+    let (model, _) = fit(
+        start,
+        &mut objective,
+        &train_config,
+        &RunDir::new(&inputs.run),
+    )?;
     let model = model.valid();
     let (after, samples) = objective.evaluate(&model.policy, &model.critic)?;
     write_samples(

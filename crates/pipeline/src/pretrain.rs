@@ -156,7 +156,12 @@ pub fn pretrain<B: AutodiffBackend>(
     B::seed(device, settings.batch.seed);
     let model = model_config.init::<B>(device)?;
     let mut objective = Pretraining::<B>::open(&shards, settings.batch.clone(), device)?;
-    let (model, summary) = fit(model, &mut objective, &settings.train, &RunDir::new(&inputs.run))?;
+    let (model, summary) = fit(
+        model,
+        &mut objective,
+        &settings.train,
+        &RunDir::new(&inputs.run),
+    )?;
     let model = model.valid();
     let folder = inputs.model();
     folder.save(&model, &tokenizer)?;
@@ -258,5 +263,10 @@ fn prepare_shards(
         return Err(no_data(inputs, "token shards"));
     }
     log("encoding the corpus into token shards");
-    Ok(write_shards(tokenizer, &inputs.data, dir, &settings.shards)?)
+    Ok(write_shards(
+        tokenizer,
+        &inputs.data,
+        dir,
+        &settings.shards,
+    )?)
 }

@@ -129,7 +129,12 @@ pub fn markdown(inputs: &ReportInputs<'_>) -> String {
             p - s
         ));
     }
-    let mean = |policy: Policy| summary.models.get(&policy).map_or(f64::NAN, |m| m.greedy.mean);
+    let mean = |policy: Policy| {
+        summary
+            .models
+            .get(&policy)
+            .map_or(f64::NAN, |m| m.greedy.mean)
+    };
     md.push_str(&format!(
         "| **all** | **{:.3}** | **{:.3}** | **{:.3}** | **{:+.3}** | {:.1}% ({}) |\n\n",
         mean(Policy::Base),

@@ -222,7 +222,12 @@ pub fn train_reward_model<B: AutodiffBackend>(
     }
     let mut objective =
         RankingObjective::<B>::new(train, val, pad, settings.batch.clone(), device)?;
-    let (model, summary) = fit(model, &mut objective, &settings.train, &RunDir::new(&inputs.run))?;
+    let (model, summary) = fit(
+        model,
+        &mut objective,
+        &settings.train,
+        &RunDir::new(&inputs.run),
+    )?;
     let model = model.valid();
     let eval_batch = settings.batch.eval_batch_size;
     let raw = score_rankings(&model, objective.train(), pad, eval_batch)?.concat();

@@ -271,13 +271,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[train]\nsteps = 7\n\n[batch]\nseq_len = \"long\"\n").unwrap();
-        let error = load::<PretrainSettings>(Some(&path)).unwrap_err().to_string();
+        let error = load::<PretrainSettings>(Some(&path))
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("bad.toml") && error.contains("line 5"),
             "{error}"
         );
         std::fs::write(&path, "[train]\nstep = 7\n").unwrap();
-        let error = load::<PretrainSettings>(Some(&path)).unwrap_err().to_string();
+        let error = load::<PretrainSettings>(Some(&path))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown field `step`"), "{error}");
     }
 

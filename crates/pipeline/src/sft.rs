@@ -81,7 +81,11 @@ impl std::fmt::Display for Tuned {
             shown(&self.validation),
             self.tokens_per_second
         )?;
-        write!(f, "wrote the tuned model to {}", self.model.path().display())
+        write!(
+            f,
+            "wrote the tuned model to {}",
+            self.model.path().display()
+        )
     }
 }
 
@@ -142,7 +146,12 @@ pub fn sft<B: AutodiffBackend>(
     log(&format!(
         "validation answer loss before tuning: {loss_before:.4}"
     ));
-    let (model, summary) = fit(model, &mut objective, &settings.train, &RunDir::new(&inputs.run))?;
+    let (model, summary) = fit(
+        model,
+        &mut objective,
+        &settings.train,
+        &RunDir::new(&inputs.run),
+    )?;
     let folder = ModelFolder::new(inputs.run.join("model"));
     folder.save(&model.valid(), &tokenizer)?;
     Ok(Tuned {

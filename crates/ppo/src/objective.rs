@@ -517,7 +517,10 @@ pub fn rollout_metrics(samples: &[Sample]) -> Vec<(String, f64)> {
         .flat_map(|s| s.returns.clone())
         .collect::<Vec<_>>();
     let mut metrics = vec![
-        (metric::SCORE.to_string(), mean(samples.iter().map(|s| s.score))),
+        (
+            metric::SCORE.to_string(),
+            mean(samples.iter().map(|s| s.score)),
+        ),
         (
             metric::SHAPED_SCORE.into(),
             mean(samples.iter().map(|s| s.shaped)),
@@ -544,7 +547,10 @@ pub fn rollout_metrics(samples: &[Sample]) -> Vec<(String, f64)> {
         ),
     ];
     if samples.iter().any(|s| s.judge.is_some()) {
-        metrics.push((metric::JUDGE.into(), mean(samples.iter().filter_map(|s| s.judge))));
+        metrics.push((
+            metric::JUDGE.into(),
+            mean(samples.iter().filter_map(|s| s.judge)),
+        ));
     }
     metrics
 }
@@ -690,10 +696,16 @@ impl<B: AutodiffBackend> Ppo<B> {
             &label,
         )?;
         let mut metrics = rollout_metrics(&samples);
-        let kl = metrics.iter().find(|(k, _)| k == metric::KL).map_or(0.0, |m| m.1);
+        let kl = metrics
+            .iter()
+            .find(|(k, _)| k == metric::KL)
+            .map_or(0.0, |m| m.1);
         metrics.push((metric::KL_COEF.into(), self.beta));
         self.beta = self.config.kl_control.update(self.beta, kl, samples.len());
-        metrics.push((metric::ROLLOUT_SECONDS.into(), started.elapsed().as_secs_f64()));
+        metrics.push((
+            metric::ROLLOUT_SECONDS.into(),
+            started.elapsed().as_secs_f64(),
+        ));
         if let Some(t) = train_seconds {
             metrics.push((metric::UPDATE_SECONDS.into(), t));
         }
@@ -740,14 +752,20 @@ impl<B: AutodiffBackend> Ppo<B> {
             &label,
         )?;
         let mut metrics = vec![
-            (metric::SCORE.to_string(), mean(samples.iter().map(|s| s.score))),
+            (
+                metric::SCORE.to_string(),
+                mean(samples.iter().map(|s| s.score)),
+            ),
             (
                 metric::ANSWER_TOKENS.into(),
                 mean(samples.iter().map(|s| (s.row.len() - s.prompt_len) as f64)),
             ),
         ];
         if samples.iter().any(|s| s.judge.is_some()) {
-            metrics.push((metric::JUDGE.into(), mean(samples.iter().filter_map(|s| s.judge))));
+            metrics.push((
+                metric::JUDGE.into(),
+                mean(samples.iter().filter_map(|s| s.judge)),
+            ));
         }
         Ok((metrics, samples))
     }

@@ -26,7 +26,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
     let mut file = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    file.write_all(bytes).map_err(|e| Error::io(file.path(), e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io(file.path(), e))?;
     file.as_file()
         .sync_all()
         .map_err(|e| Error::io(file.path(), e))?;
@@ -49,7 +50,11 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_ne!(mode & 0o044, 0, "readable by others as File::create makes it: {mode:o}");
+            assert_ne!(
+                mode & 0o044,
+                0,
+                "readable by others as File::create makes it: {mode:o}"
+            );
         }
         let names = std::fs::read_dir(dir.path().join("sub")).unwrap().count();
         assert_eq!(names, 1);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ember_pipeline::settings::for_run;
-use ember_pipeline::{pretrain, PretrainInputs, PretrainSettings, Preset};
+use ember_pipeline::{pretrain, Preset, PretrainInputs, PretrainSettings};
 
 use crate::device::{with_backend, DeviceKind};
 

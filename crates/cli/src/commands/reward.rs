@@ -263,7 +263,12 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
         (Some(prompt), _) => args
             .answer
             .iter()
-            .map(|a| (Conversation::new(vec![Message::user(prompt.as_str())]), a.clone()))
+            .map(|a| {
+                (
+                    Conversation::new(vec![Message::user(prompt.as_str())]),
+                    a.clone(),
+                )
+            })
             .collect(),
         (None, Some(path)) => read_prompts(path, true, ember_instruct::OnError::Stop)?
             .prompts
@@ -274,7 +279,12 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
     };
     let scores = with_backend!(args.device, |B, AD, device| {
         let (model, normalization) = folder.load_reward::<B>(&device)?;
-        anyhow::Ok(score_answers_with(&model, normalization, &template, &pairs)?)
+        anyhow::Ok(score_answers_with(
+            &model,
+            normalization,
+            &template,
+            &pairs,
+        )?)
     })?;
     for ((prompt, answer), (reward, raw)) in pairs.iter().zip(scores) {
         let user = prompt.messages.last().map_or("", |m| m.content.as_str());

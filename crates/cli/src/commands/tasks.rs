@@ -31,6 +31,9 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         train_per_family: args.train_per_family,
         seed: args.seed,
     };
-    println!("{}", export_tasks(&args.out, &settings, args.heldout_per_family)?);
+    println!(
+        "{}",
+        export_tasks(&args.out, &settings, args.heldout_per_family)?
+    );
     Ok(())
 }
