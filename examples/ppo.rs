@@ -36,11 +36,13 @@ fn main() -> anyhow::Result<()> {
     let run = pipeline.folder();
 
     // The stage itself: 4 rollout batches of 8 prompts × 2 answers, 2 minibatches each.
-    let mut settings = PpoSettings::default();
-    settings.iterations = 4;
-    settings.eval_every = 2;
-    settings.checkpoint_every = 2;
-    settings.eval_per_family = 1;
+    let mut settings = PpoSettings {
+        iterations: 4,
+        eval_every: 2,
+        checkpoint_every: 2,
+        eval_per_family: 1,
+        ..Default::default()
+    };
     settings.ppo.rollout_prompts = 8;
     settings.ppo.samples_per_prompt = 2;
     settings.ppo.minibatches = 2;

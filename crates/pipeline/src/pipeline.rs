@@ -82,11 +82,13 @@ impl PipelineSettings {
     /// A toy run of every stage in seconds on a CPU (a 2-layer, 32-wide model, a few steps of
     /// each stage): for tests, the examples and trying the plumbing, not for results.
     pub fn toy() -> Self {
-        let mut toy = Self::default();
-        toy.tasks = TasksSettings {
-            corpus_sentences: 3000,
-            train_per_family: 24,
-            seed: 0,
+        let mut toy = Self {
+            tasks: TasksSettings {
+                corpus_sentences: 3000,
+                train_per_family: 24,
+                seed: 0,
+            },
+            ..Self::default()
         };
         let model = &mut toy.pretrain.model;
         (model.d_model, model.n_layers, model.n_heads) = (Some(32), Some(2), Some(2));

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
 use ember_pipeline::{score_answers, Answering, JudgeScores, ModelFolder};
 use ember_tasks::{Split, TaskSet};
 
@@ -51,7 +53,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_new_tokens: args.max_new_tokens,
         batch_size: args.batch_size,
     };
-    answering.validate()?;
+    answering.validate().with_context(|| {
+        format!(
+            "--samples {} with --temperature {}",
+            args.samples, args.temperature
+        )
+    })?;
     let folder = ModelFolder::new(&args.model);
     let template = folder.template()?;
     let tasks = TaskSet::builtin();

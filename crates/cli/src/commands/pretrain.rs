@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ember_pipeline::settings::for_run;
-use ember_pipeline::{pretrain, Preset, PretrainInputs, PretrainSettings};
+use ember_pipeline::{pretrain, Error, Preset, PretrainInputs, PretrainSettings};
 
 use crate::device::{with_backend, DeviceKind};
 
@@ -67,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(preset) = args.preset {
         settings.model.preset = preset.into();
     }
+    let no_data = args.data.is_empty();
     let inputs = PretrainInputs {
         data: args.data,
         tokenizer: args.tokenizer,
@@ -77,7 +78,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &settings,
         &device,
         &mut |line| println!("{line}")
-    ))?;
+    ))
+    .map_err(|error| match error {
+        Error::Missing { .. } if no_data => anyhow::anyhow!("--data is required: {error}"),
+        other => other.into(),
+    })?;
     println!("{done}");
     Ok(())
 }
