@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ember_instruct::{read_prompts, ChatTemplate, Conversation, Message, OnError};
-use ember_ppo::{ActorCritic, Frozen, Judge, Ppo, PpoConfig, Prompt, Sample};
+use ember_ppo::{ActorCritic, Environment, Judge, Ppo, PpoConfig, PpoData, Prompt, Sample};
 use ember_reward::RewardModel;
 use ember_tasks::{Split, TaskSet};
 use ember_tokenizer::Special;
@@ -275,7 +275,7 @@ pub fn ppo<B: AutodiffBackend>(
         ),
     };
     let eval_prompts = task_prompts(&template, Split::HeldOut, settings.eval_per_family, 0)?;
-    let frozen = Frozen {
+    let environment = Environment {
         reference,
         reward,
         normalization,
@@ -293,16 +293,15 @@ pub fn ppo<B: AutodiffBackend>(
     };
     let decoder = tokenizer.clone();
     let decode = Box::new(move |ids: &[u32]| Ok(decoder.decode(ids)?));
-    let mut objective = Ppo::<B>::new(
-        settings.ppo.clone(),
-        frozen,
+    let data = PpoData {
+        environment,
         prompts,
         eval_prompts,
         judge,
         decode,
         ptx,
-        device,
-    )?;
+    };
+    let mut objective = Ppo::<B>::new(settings.ppo.clone(), data, device)?;
     let start = ActorCritic::new(policy, critic);
     // The SFT policy's greedy scores, once per run (a resumed run has them already).
     let before_path = inputs.run.join("before.json");

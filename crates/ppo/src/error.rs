@@ -12,6 +12,9 @@ pub enum Error {
     /// From the reward model.
     #[error(transparent)]
     Reward(#[from] ember_reward::Error),
+    /// A saved state (in a checkpoint) that is not PPO's.
+    #[error("the checkpoint's PPO state does not fit: {0}")]
+    State(#[source] serde_json::Error),
     /// From the tokenizer.
     #[error(transparent)]
     Tokenizer(#[from] ember_tokenizer::Error),
@@ -25,7 +28,7 @@ impl From<Error> for ember_train::Error {
         match error {
             Error::Model(e) => Self::Model(e),
             Error::Tokenizer(e) => Self::Tokenizer(e),
-            other => Self::Config(other.to_string()),
+            other => Self::objective(other),
         }
     }
 }

@@ -5,12 +5,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use ember_ppo::{
-    answer_mask, rollout, spread, token_rewards, ActorCritic, Frozen, KlControl, Ppo, PpoConfig,
-    Prompt,
+    answer_mask, rollout, spread, token_rewards, ActorCritic, Environment, KlControl, Ppo,
+    PpoConfig, PpoData, Prompt, RolloutInputs,
 };
 use ember_reward::{Normalization, RewardModel};
 use ember_train::{fit, MetricsLog, OptimizerConfig, RunDir, TrainConfig};
-use ember_transformer::{Gpt, GptConfig};
+use ember_transformer::{Gpt, GptConfig, Sampling};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
@@ -37,8 +37,8 @@ fn prompts(n: usize) -> Vec<Prompt> {
         .collect()
 }
 
-fn frozen(reference: Gpt<Inner>, reward: RewardModel<Inner>) -> Frozen<Inner> {
-    Frozen {
+fn environment(reference: Gpt<Inner>, reward: RewardModel<Inner>) -> Environment<Inner> {
+    Environment {
         reference,
         reward,
         normalization: Normalization::default(),
@@ -56,25 +56,22 @@ fn decode(ids: &[u32]) -> ember_ppo::Result<String> {
 fn kl_is_zero_when_the_policy_is_the_reference_and_the_score_lands_on_the_last_token() {
     let policy = model::<Inner>(1);
     let critic = RewardModel::new(model::<Inner>(2), 0.0);
-    let frozen = frozen(policy.clone(), RewardModel::new(model::<Inner>(3), 1.0));
+    let environment = environment(policy.clone(), RewardModel::new(model::<Inner>(3), 1.0));
     let prompts = prompts(6);
     let picked = prompts.iter().enumerate().collect::<Vec<_>>();
     let config = PpoConfig {
         max_new_tokens: 6,
         ..Default::default()
     };
-    let samples = rollout(
-        &policy,
-        &critic,
-        &frozen,
-        &picked,
-        &config,
-        0.1,
-        7,
-        &decode,
-        &|_| {},
-    )
-    .unwrap();
+    let inputs = RolloutInputs {
+        policy: &policy,
+        critic: &critic,
+        prompts: &picked,
+        sampling: Sampling::Temperature { temperature: 1.0 },
+        beta: 0.1,
+        seed: 7,
+    };
+    let samples = rollout(&environment, &inputs, &config, &decode, &|_| {}).unwrap();
     for s in &samples {
         assert!(s.kl.iter().all(|&k| k == 0.0), "{:?}", s.kl);
         assert_eq!(s.old_logp, s.ref_logp);
@@ -137,17 +134,15 @@ fn a_few_ppo_steps_raise_the_reward() {
     };
     let iterations = 16;
     let steps = iterations * config.updates_per_rollout();
-    let mut ppo = Ppo::<B>::new(
-        config,
-        frozen(reference, reward),
-        prompts(32),
-        prompts(8),
-        None,
-        Box::new(decode),
-        None,
-        &device,
-    )
-    .unwrap();
+    let data = PpoData {
+        environment: environment(reference, reward),
+        prompts: prompts(32),
+        eval_prompts: prompts(8),
+        judge: None,
+        decode: Box::new(decode),
+        ptx: None,
+    };
+    let mut ppo = Ppo::<B>::new(config, data, &device).unwrap();
     let train = TrainConfig {
         steps,
         progress: false,

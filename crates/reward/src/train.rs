@@ -363,7 +363,7 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RankingObjective<B> {
             );
         }
         let heads = model.trunk().config().n_heads;
-        let to_train = |e: Error| ember_train::Error::Config(e.to_string());
+        let to_train = |e: Error| ember_train::Error::objective(e);
         let scores = ScoreBatch::<B>::new(&rows, self.pad, Padding::Right, heads, &self.device)
             .map_err(to_train)?;
         let rewards = model.score(&scores);
@@ -379,7 +379,7 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RankingObjective<B> {
             return Ok(Vec::new());
         }
         let eval = evaluate(model, &self.val, self.pad, self.config.eval_batch_size)
-            .map_err(|e| ember_train::Error::Config(e.to_string()))?;
+            .map_err(ember_train::Error::objective)?;
         Ok(vec![
             (ember_train::metric::LOSS.into(), eval.loss),
             (metric::ACCURACY.into(), eval.overall.accuracy),

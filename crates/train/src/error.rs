@@ -34,6 +34,13 @@ pub enum Error {
     /// A configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The device could not finish its queued work.
+    #[error("device sync failed: {0}")]
+    Device(String),
+    /// An objective's own error (the reward model's, PPO's), its source kept: downcast it to
+    /// the objective crate's `Error` to tell what happened.
+    #[error(transparent)]
+    Objective(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The loss became NaN or infinite.
     #[error("the loss diverged to {loss} at step {step}; lower the learning rate")]
     Diverged {
@@ -57,6 +64,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Wraps an objective's own error.
+    pub fn objective(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Objective(Box::new(error))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

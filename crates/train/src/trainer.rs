@@ -261,7 +261,7 @@ where
         let decay_grads = split_grads::<B, M>(&model, &mut grads, &groups.decay);
         model = decayed.step(lr, model, decay_grads);
         model = undecayed.step(lr, model, grads);
-        B::sync(&device).map_err(|e| Error::Config(format!("device sync failed: {e:?}")))?;
+        B::sync(&device).map_err(|e| Error::Device(format!("{e:?}")))?;
         step_seconds.push(step_started.elapsed().as_secs_f64());
         training_seconds += step_seconds[step_seconds.len() - 1];
 
