@@ -29,9 +29,8 @@ pub use ppo::{
 pub use pretrain::{describe, pretrain, PretrainInputs, PretrainSettings, Pretrained};
 pub use report::{markdown, write_report, Metrics, ReportInputs, RolloutStats};
 pub use reward::{
-    by_family, evaluate_reward_model, evaluation_table, load_rankings, score_answers_with,
-    train_reward_model, NormalizationKind, RewardEvaluation, RewardInputs, RewardSettings,
-    RewardTrained,
+    evaluate_reward_model, evaluation_table, load_rankings, score_answers_with, train_reward_model,
+    NormalizationKind, RewardEvaluation, RewardInputs, RewardSettings, RewardTrained,
 };
 pub use settings::{ModelSettings, Preset};
 pub use sft::{sft, SftInputs, SftSettings, Tuned};

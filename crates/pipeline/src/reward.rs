@@ -9,9 +9,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ember_instruct::{ChatTemplate, Conversation, OnError};
 use ember_reward::{
-    answer_row, default_head_std, encode_rankings, read_rankings, score_rankings, score_rows,
-    EncodedRanking, Evaluation, Normalization, Ranking, RankingConfig, RankingObjective,
-    RewardModel,
+    answer_row, by_family, default_head_std, encode_rankings, read_rankings, score_rankings,
+    score_rows, EncodedRanking, Evaluation, Normalization, Ranking, RankingConfig,
+    RankingObjective, RewardModel,
 };
 use ember_tokenizer::Special;
 use ember_train::{fit, RunDir, TrainConfig};
@@ -280,27 +280,6 @@ pub fn evaluation_table(eval: &Evaluation) -> String {
         ));
     }
     out
-}
-
-/// The evaluation of `scores` (the model's scores of `encoded`, the encodings of
-/// `rankings`) per task family, for the rankings that name one.
-pub fn by_family(
-    rankings: &[Ranking],
-    encoded: &[EncodedRanking],
-    scores: &[Vec<f64>],
-) -> BTreeMap<String, Evaluation> {
-    let mut groups: BTreeMap<&str, (Vec<EncodedRanking>, Vec<Vec<f64>>)> = BTreeMap::new();
-    for ((ranking, encoded), scores) in rankings.iter().zip(encoded).zip(scores) {
-        if let Some(family) = &ranking.family {
-            let entry = groups.entry(family).or_default();
-            entry.0.push(encoded.clone());
-            entry.1.push(scores.clone());
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(family, (encoded, scores))| (family.to_string(), Evaluation::new(&encoded, &scores)))
-        .collect()
 }
 
 /// A reward model's evaluation on rankings.

@@ -1,81 +1,13 @@
-//! Training and evaluating a reward model on rankings, with the shared training loop.
+//! Scoring answers with a reward model and measuring it against rankings: pairwise accuracy
+//! and margin (overall, by K, by task family) and the rank correlation with the labeler.
 
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use ember_instruct::ChatTemplate;
-use ember_train::{EpochOrder, Loss, MicroBatch, Objective};
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::{metric, ranking_loss, Error, Padding, Ranking, Result, RewardModel, ScoreBatch};
-
-/// A ranking as token rows: prompt + answer + the assistant's end marker, where the score is
-/// read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EncodedRanking {
-    /// One row per answer.
-    pub rows: Vec<Vec<u32>>,
-    /// The ranking's strictly ordered pairs `(better, worse)`.
-    pub pairs: Vec<(usize, usize)>,
-    /// The labeler's scores, when known.
-    pub scores: Option<Vec<f64>>,
-}
-
-impl EncodedRanking {
-    /// The number of answers.
-    pub fn k(&self) -> usize {
-        self.rows.len()
-    }
-}
-
-/// The token row the reward model scores for `answer` to `prompt`: the rendered prompt, the
-/// answer, and the assistant's end marker (the last real token, where the score is read;
-/// it is not the end-of-text or the padding token).
-///
-/// # Errors
-/// A prompt the template cannot render.
-pub fn answer_row(
-    template: &ChatTemplate,
-    prompt: &ember_instruct::Conversation,
-    answer: &str,
-) -> Result<Vec<u32>> {
-    let mut row = template.render_prompt(prompt)?;
-    row.extend(template.tokenizer().encode(answer)?);
-    row.push(template.stop_token());
-    Ok(row)
-}
-
-/// Encodes rankings, leaving out those with a row longer than `max_len` tokens; the second
-/// value counts them.
-///
-/// # Errors
-/// A prompt the template cannot render.
-pub fn encode_rankings(
-    template: &ChatTemplate,
-    rankings: &[Ranking],
-    max_len: usize,
-) -> Result<(Vec<EncodedRanking>, usize)> {
-    let mut encoded = Vec::with_capacity(rankings.len());
-    let mut too_long = 0;
-    for ranking in rankings {
-        let rows = ranking
-            .completions
-            .iter()
-            .map(|answer| answer_row(template, &ranking.prompt, answer))
-            .collect::<Result<Vec<_>>>()?;
-        if rows.iter().any(|r| r.len() > max_len) {
-            too_long += 1;
-            continue;
-        }
-        encoded.push(EncodedRanking {
-            rows,
-            pairs: ranking.pairs(),
-            scores: ranking.scores.clone(),
-        });
-    }
-    Ok((encoded, too_long))
-}
+use crate::{EncodedRanking, Padding, Ranking, Result, RewardModel, ScoreBatch};
 
 /// Raw scores of `rows`, `batch_size` rows per forward pass (right-padded with `pad`).
 ///
@@ -261,131 +193,25 @@ pub fn evaluate<B: Backend>(
     Ok(Evaluation::new(rankings, &scores))
 }
 
-/// Batching and loss options of [`RankingObjective`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RankingConfig {
-    /// Prompts per micro-batch; all K answers of each go through one forward pass.
-    pub prompts_per_batch: usize,
-    /// Subtracted from r_better − r_worse inside the loss (0: InstructGPT's loss).
-    pub margin: f64,
-    /// Seed of the order in which prompts are visited.
-    pub seed: u64,
-    /// Answers per forward pass in evaluation.
-    pub eval_batch_size: usize,
-}
-
-impl Default for RankingConfig {
-    fn default() -> Self {
-        Self {
-            prompts_per_batch: 8,
-            margin: 0.0,
-            seed: 0,
-            eval_batch_size: 64,
+/// The evaluation of `scores` (the model's scores of `encoded`, the encodings of
+/// `rankings`) per task family, for the rankings that name one.
+pub fn by_family(
+    rankings: &[Ranking],
+    encoded: &[EncodedRanking],
+    scores: &[Vec<f64>],
+) -> BTreeMap<String, Evaluation> {
+    let mut groups: BTreeMap<&str, (Vec<EncodedRanking>, Vec<Vec<f64>>)> = BTreeMap::new();
+    for ((ranking, encoded), scores) in rankings.iter().zip(encoded).zip(scores) {
+        if let Some(family) = &ranking.family {
+            let entry = groups.entry(family).or_default();
+            entry.0.push(encoded.clone());
+            entry.1.push(scores.clone());
         }
     }
-}
-
-/// The reward model's objective: the ranking loss over batches of prompts.
-#[derive(Debug)]
-pub struct RankingObjective<B: Backend> {
-    train: Vec<EncodedRanking>,
-    val: Vec<EncodedRanking>,
-    pad: u32,
-    config: RankingConfig,
-    order: EpochOrder,
-    device: B::Device,
-}
-
-impl<B: Backend> RankingObjective<B> {
-    /// An objective over encoded rankings (see [`encode_rankings`]); rankings with every
-    /// answer tied are left out of training.
-    ///
-    /// # Errors
-    /// A bad config, or no training ranking with a strict preference.
-    pub fn new(
-        train: Vec<EncodedRanking>,
-        val: Vec<EncodedRanking>,
-        pad: u32,
-        config: RankingConfig,
-        device: &B::Device,
-    ) -> Result<Self> {
-        if config.prompts_per_batch == 0 || config.eval_batch_size == 0 {
-            return Err(Error::Config(
-                "prompts_per_batch and eval_batch_size must be at least 1".into(),
-            ));
-        }
-        let train = train
-            .into_iter()
-            .filter(|r| !r.pairs.is_empty())
-            .collect::<Vec<_>>();
-        if train.is_empty() {
-            return Err(Error::Config(
-                "no training ranking prefers one answer to another".into(),
-            ));
-        }
-        Ok(Self {
-            order: EpochOrder::new(train.len(), config.seed),
-            train,
-            val,
-            pad,
-            config,
-            device: device.clone(),
-        })
-    }
-
-    /// The training rankings.
-    pub fn train(&self) -> &[EncodedRanking] {
-        &self.train
-    }
-
-    /// The validation rankings.
-    pub fn val(&self) -> &[EncodedRanking] {
-        &self.val
-    }
-}
-
-impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RankingObjective<B> {
-    fn loss(&mut self, model: &RewardModel<B>, batch: MicroBatch) -> ember_train::Result<Loss<B>> {
-        let picked = self.order.batch(batch.index, self.config.prompts_per_batch);
-        let mut rows = Vec::new();
-        let mut groups = Vec::with_capacity(picked.len());
-        for i in picked {
-            let ranking = &self.train[i];
-            let offset = rows.len();
-            rows.extend(ranking.rows.iter().cloned());
-            groups.push(
-                ranking
-                    .pairs
-                    .iter()
-                    .map(|&(b, w)| (offset + b, offset + w))
-                    .collect::<Vec<_>>(),
-            );
-        }
-        let heads = model.trunk().config().n_heads;
-        let to_train = |e: Error| ember_train::Error::objective(e);
-        let scores = ScoreBatch::<B>::new(&rows, self.pad, Padding::Right, heads, &self.device)
-            .map_err(to_train)?;
-        let rewards = model.score(&scores);
-        let value = ranking_loss(rewards, &groups, self.config.margin).map_err(to_train)?;
-        Ok(Loss::new(value, groups.iter().map(Vec::len).sum()))
-    }
-
-    fn validate(
-        &mut self,
-        model: &RewardModel<B::InnerBackend>,
-    ) -> ember_train::Result<Vec<(String, f64)>> {
-        if self.val.is_empty() {
-            return Ok(Vec::new());
-        }
-        let eval = evaluate(model, &self.val, self.pad, self.config.eval_batch_size)
-            .map_err(ember_train::Error::objective)?;
-        Ok(vec![
-            (ember_train::metric::LOSS.into(), eval.loss),
-            (metric::ACCURACY.into(), eval.overall.accuracy),
-            (metric::MARGIN.into(), eval.overall.mean_margin),
-        ])
-    }
+    groups
+        .into_iter()
+        .map(|(family, (encoded, scores))| (family.to_string(), Evaluation::new(&encoded, &scores)))
+        .collect()
 }
 
 #[cfg(test)]
