@@ -18,7 +18,7 @@ use ember::train::{
     fit, keep_freed_memory, save_model, OptimizerConfig, PretrainConfig, Pretraining, RunDir,
     TrainConfig,
 };
-use ember::transformer::{generate, GenerateConfig, GptConfig, Sampling};
+use ember::transformer::{generate, DecoderConfig, GenerateConfig, Sampling};
 
 type B = Autodiff<Flex>;
 
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     // 3. Model and objective.
     let device = Default::default();
     B::seed(&device, 0);
-    let model = GptConfig::new(tokenizer.vocab_size(), 96, 3, 4, 64).init::<B>(&device)?;
+    let model = DecoderConfig::new(tokenizer.vocab_size(), 96, 3, 4, 64).init::<B>(&device)?;
     let batch = PretrainConfig {
         batch_size: 16,
         seq_len: 64,

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation, Message};
 use ember_tasks::{Example, TaskSet};
 use ember_tokenizer::Special;
-use ember_transformer::{generate, GenerateConfig, Gpt, Sampling};
+use ember_transformer::{generate, Decoder, GenerateConfig, Sampling};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -94,7 +94,7 @@ impl Answering {
 /// # Errors
 /// Invalid `answering`, or a generation error.
 pub fn score_answers<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     template: &ChatTemplate,
     tasks: &TaskSet,
     examples: &[Example],

@@ -9,7 +9,7 @@ use ember_instruct::ChatTemplate;
 use ember_reward::{load_reward_model, save_reward_model, Normalization, RewardModel};
 use ember_tokenizer::Tokenizer;
 use ember_train::{load_model, load_model_config, save_model};
-use ember_transformer::{Gpt, GptConfig};
+use ember_transformer::{Decoder, DecoderConfig};
 
 use crate::{Error, Result};
 
@@ -64,7 +64,7 @@ impl ModelFolder {
     ///
     /// # Errors
     /// A missing or damaged `model.json`.
-    pub fn config(&self) -> Result<GptConfig> {
+    pub fn config(&self) -> Result<DecoderConfig> {
         Ok(load_model_config(&self.path)?)
     }
 
@@ -72,7 +72,7 @@ impl ModelFolder {
     ///
     /// # Errors
     /// Missing or damaged files.
-    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Gpt<B>> {
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Decoder<B>> {
         Ok(load_model::<B>(&self.path, device)?)
     }
 
@@ -91,7 +91,7 @@ impl ModelFolder {
     ///
     /// # Errors
     /// The files cannot be written.
-    pub fn save<B: Backend>(&self, model: &Gpt<B>, tokenizer: &Tokenizer) -> Result<()> {
+    pub fn save<B: Backend>(&self, model: &Decoder<B>, tokenizer: &Tokenizer) -> Result<()> {
         self.write_whole(|dir| {
             save_model(model, dir)?;
             tokenizer.save(dir.join(TOKENIZER_FILE))?;
@@ -159,7 +159,7 @@ mod tests {
             ..Default::default()
         };
         let tokenizer = Tokenizer::train(&[text], &bpe).unwrap();
-        let mut config = GptConfig::tiny();
+        let mut config = DecoderConfig::tiny();
         config.vocab_size = tokenizer.vocab_size();
         config.d_model = 32;
         config.n_layers = 1;

@@ -10,7 +10,7 @@ use ember_tokenizer::{
     corpus_files, write_shards, BpeConfig, ShardConfig, ShardMeta, Special, TokenShard, Tokenizer,
 };
 use ember_train::{fit, PretrainConfig, Pretraining, RunDir, TrainConfig};
-use ember_transformer::{generate, GenerateConfig, GptConfig, Sampling};
+use ember_transformer::{generate, DecoderConfig, GenerateConfig, Sampling};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::{record, ModelSettings};
@@ -192,7 +192,7 @@ pub fn pretrain<B: AutodiffBackend>(
 }
 
 /// One line about a model's shape and size.
-pub fn describe(config: &GptConfig) -> String {
+pub fn describe(config: &DecoderConfig) -> String {
     format!(
         "model: {:?}-shaped, {} layers × {} wide, {} heads, {:.2}M parameters",
         config.architecture,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ember_transformer::{Architecture, GptConfig};
+use ember_transformer::{Architecture, DecoderConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -23,11 +23,11 @@ pub enum Preset {
 
 impl Preset {
     /// The preset's model.
-    pub fn config(self) -> GptConfig {
+    pub fn config(self) -> DecoderConfig {
         match self {
-            Preset::Tiny => GptConfig::tiny(),
-            Preset::Small => GptConfig::small(),
-            Preset::Gpt2Small => GptConfig::gpt2_small(),
+            Preset::Tiny => DecoderConfig::tiny(),
+            Preset::Small => DecoderConfig::small(),
+            Preset::Gpt2Small => DecoderConfig::gpt2_small(),
         }
     }
 
@@ -71,7 +71,7 @@ impl Default for ModelSettings {
 
 impl ModelSettings {
     /// The model config for a tokenizer of `vocab_size` and windows of `seq_len`.
-    pub fn resolve(&self, vocab_size: usize, seq_len: usize) -> GptConfig {
+    pub fn resolve(&self, vocab_size: usize, seq_len: usize) -> DecoderConfig {
         let mut config = self.preset.config();
         config.vocab_size = vocab_size;
         config.max_seq_len = config.max_seq_len.max(seq_len);

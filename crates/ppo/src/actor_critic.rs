@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use ember_reward::RewardModel;
-use ember_transformer::Gpt;
+use ember_transformer::Decoder;
 
 /// The policy being trained and its critic (value model), optimised together: their
 /// parameters are disjoint, so one optimiser over both is two optimisers. Build it with
@@ -11,7 +11,7 @@ use ember_transformer::Gpt;
 #[derive(Module, Debug)]
 pub struct ActorCritic<B: Backend> {
     /// The language model being tuned.
-    pub policy: Gpt<B>,
+    pub policy: Decoder<B>,
     /// The value model: a transformer with a scalar head read at every token.
     pub critic: RewardModel<B>,
 }
@@ -20,7 +20,7 @@ impl<B: Backend> ActorCritic<B> {
     /// Pairs a policy and a critic, giving the critic fresh parameter ids: both usually come
     /// from the same SFT weights, and a file's weights bring their ids, so without this the
     /// optimiser would see one parameter where there are two and mix their gradients.
-    pub fn new(policy: Gpt<B>, critic: RewardModel<B>) -> Self {
+    pub fn new(policy: Decoder<B>, critic: RewardModel<B>) -> Self {
         Self {
             policy,
             critic: ember_transformer::fresh_ids(critic),

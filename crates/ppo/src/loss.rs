@@ -4,7 +4,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
-use ember_transformer::Gpt;
+use ember_transformer::Decoder;
 
 /// The mean of `x` over the entries where `mask` is 1.
 ///
@@ -21,7 +21,7 @@ pub fn masked_mean<B: Backend>(x: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B,
 /// # Shapes
 /// - `tokens`: `[batch, seq]` → `[batch, seq − 1]`: entry t is log π(tokens[t+1] | tokens[≤t])
 pub fn token_logprobs<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     tokens: Tensor<B, 2, Int>,
     temperature: f64,
 ) -> (Tensor<B, 2>, Tensor<B, 3>) {

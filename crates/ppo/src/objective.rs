@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use ember_reward::RewardModel;
 use ember_train::{EpochOrder, Loss, MicroBatch, Objective, Pretraining};
-use ember_transformer::{DecoderInput, Gpt, Positions, Sampling, TokenBatch};
+use ember_transformer::{Decoder, DecoderInput, Positions, Sampling, TokenBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::metric;
@@ -209,7 +209,7 @@ impl<B: AutodiffBackend> Ppo<B> {
     /// From generation or the reward model.
     pub fn evaluate(
         &self,
-        policy: &Gpt<B::InnerBackend>,
+        policy: &Decoder<B::InnerBackend>,
         critic: &RewardModel<B::InnerBackend>,
     ) -> Result<Evaluated> {
         if self.eval_prompts.is_empty() {

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use ember_reward::{Normalization, Padding, RewardModel, ScoreBatch};
 use ember_transformer::{
-    generate, DecoderInput, FinishReason, GenerateConfig, Gpt, Positions, Sampling,
+    generate, Decoder, DecoderInput, FinishReason, GenerateConfig, Positions, Sampling,
 };
 
 use crate::metric;
@@ -20,7 +20,7 @@ use crate::{
 /// that no gradient can reach them, and the tokens that frame an answer.
 pub struct Environment<B: Backend> {
     /// The SFT model, for the KL penalty.
-    pub reference: Gpt<B>,
+    pub reference: Decoder<B>,
     /// The reward model.
     pub reward: RewardModel<B>,
     /// Its normalisation.
@@ -38,7 +38,7 @@ pub struct Environment<B: Backend> {
 #[derive(Debug, Clone, Copy)]
 pub struct RolloutInputs<'a, B: Backend> {
     /// The policy that answers.
-    pub policy: &'a Gpt<B>,
+    pub policy: &'a Decoder<B>,
     /// Its critic.
     pub critic: &'a RewardModel<B>,
     /// Per answer to sample: the prompt's index in the run's prompt list, and the prompt.

@@ -10,7 +10,7 @@ use ember_ppo::{
 };
 use ember_reward::{Normalization, RewardModel};
 use ember_train::{fit, MetricsLog, OptimizerConfig, RunDir, TrainConfig};
-use ember_transformer::{Gpt, GptConfig, Sampling};
+use ember_transformer::{Decoder, DecoderConfig, Sampling};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
@@ -19,10 +19,10 @@ const VOCAB: usize = 24;
 const STOP: u32 = 1;
 const PAD: u32 = 2;
 
-fn model<C: Backend>(seed: u64) -> Gpt<C> {
+fn model<C: Backend>(seed: u64) -> Decoder<C> {
     let device = Default::default();
     C::seed(&device, seed);
-    GptConfig::new(VOCAB, 32, 2, 4, 32)
+    DecoderConfig::new(VOCAB, 32, 2, 4, 32)
         .init::<C>(&device)
         .unwrap()
 }
@@ -37,7 +37,7 @@ fn prompts(n: usize) -> Vec<Prompt> {
         .collect()
 }
 
-fn environment(reference: Gpt<Inner>, reward: RewardModel<Inner>) -> Environment<Inner> {
+fn environment(reference: Decoder<Inner>, reward: RewardModel<Inner>) -> Environment<Inner> {
     Environment {
         reference,
         reward,
@@ -184,7 +184,7 @@ fn a_policy_and_a_critic_from_the_same_weights_do_not_share_parameters() {
     let policy = ember_train::load_model::<B>(dir.path(), &device).unwrap();
     let trunk = ember_train::load_model::<B>(dir.path(), &device).unwrap();
     // Loaded twice from one file, the two copies carry the same parameter ids …
-    let ids = |m: &Gpt<B>| list_param_ids(m);
+    let ids = |m: &Decoder<B>| list_param_ids(m);
     assert_eq!(ids(&policy), ids(&trunk));
     // … and the pair gets them apart, so the optimiser keeps their gradients apart.
     let pair = ActorCritic::new(policy, RewardModel::new(trunk, 0.0));

@@ -5,7 +5,7 @@
 use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation};
 use ember_tokenizer::Special;
-use ember_transformer::{generate, GenerateConfig, Gpt, Sampling};
+use ember_transformer::{generate, Decoder, GenerateConfig, Sampling};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ fn gaussian(rng: &mut StdRng) -> f64 {
 /// # Errors
 /// A bad config, a prompt the template cannot render, or a generation error.
 pub fn collect_rankings<B: Backend>(
-    policy: &Gpt<B>,
+    policy: &Decoder<B>,
     template: &ChatTemplate,
     prompts: &[CollectPrompt],
     config: &CollectConfig,

@@ -19,7 +19,7 @@ pub use evaluate::{
 };
 pub use loss::ranking_loss;
 pub use model::{
-    default_head_std, load_reward_model, save_reward_model, Normalization, Padding, RewardFile,
-    RewardModel, ScoreBatch,
+    default_head_std, load_reward_model, save_reward_model, Normalization, Padding, RewardModel,
+    RewardSidecar, ScoreBatch,
 };
 pub use objective::{RankingConfig, RankingObjective};

@@ -10,7 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use ember_train::{load_model_config, load_record, save_record};
-use ember_transformer::{DecoderInput, Gpt, Positions};
+use ember_transformer::{Decoder, DecoderInput, Positions};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -122,7 +122,7 @@ pub struct Likelihood<B: Backend> {
 /// The transformer with a scalar head: a reward model, or a critic (PPO's value model).
 #[derive(Module, Debug)]
 pub struct RewardModel<B: Backend> {
-    trunk: Gpt<B>,
+    trunk: Decoder<B>,
     head: Linear<B>,
     likelihood: Option<Likelihood<B>>,
 }
@@ -136,7 +136,7 @@ pub fn default_head_std(d_model: usize) -> f64 {
 impl<B: Backend> RewardModel<B> {
     /// A scalar head with weights from N(0, `head_std`²) and a zero bias on top of `trunk`
     /// (an SFT model, typically).
-    pub fn new(trunk: Gpt<B>, head_std: f64) -> Self {
+    pub fn new(trunk: Decoder<B>, head_std: f64) -> Self {
         let device = trunk
             .devices()
             .into_iter()
@@ -197,7 +197,7 @@ impl<B: Backend> RewardModel<B> {
     }
 
     /// The trunk.
-    pub fn trunk(&self) -> &Gpt<B> {
+    pub fn trunk(&self) -> &Decoder<B> {
         &self.trunk
     }
 
@@ -336,7 +336,7 @@ impl Normalization {
 /// What `reward.json` holds beside the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RewardFile {
+pub struct RewardSidecar {
     /// The normalisation of the raw score.
     pub normalization: Normalization,
     /// The answer-start token of the likelihood term, when the model has one.
@@ -362,7 +362,7 @@ pub fn save_reward_model<B: Backend>(
     std::fs::rename(tmp.with_extension("mpk"), &weights).map_err(|e| Error::io(&weights, e))?;
     let config = serde_json::to_string_pretty(model.trunk().config()).expect("config serialises");
     ember_tokenizer::write_atomically(&dir.join("model.json"), config.as_bytes())?;
-    let file = serde_json::to_string_pretty(&RewardFile {
+    let file = serde_json::to_string_pretty(&RewardSidecar {
         normalization,
         likelihood_answer_start: model.likelihood().map(|(_, start)| start),
     })
@@ -382,7 +382,7 @@ pub fn load_reward_model<B: Backend>(
 ) -> Result<(RewardModel<B>, Normalization)> {
     let path = dir.join("reward.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let file: RewardFile =
+    let file: RewardSidecar =
         serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
     let config = load_model_config(dir)?;
     let mut model = RewardModel::new(config.init::<B>(device)?, default_head_std(config.d_model));

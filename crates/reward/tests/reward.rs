@@ -15,7 +15,7 @@ use ember_reward::{
 };
 use ember_tokenizer::{BpeConfig, Special, Tokenizer};
 use ember_train::{fit, OptimizerConfig, RunDir, TrainConfig};
-use ember_transformer::{Architecture, GptConfig};
+use ember_transformer::{Architecture, DecoderConfig};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
@@ -43,7 +43,7 @@ fn the_score_is_read_at_the_last_real_token_whatever_the_padding() {
     let device = Default::default();
     for architecture in [Architecture::Llama, Architecture::Gpt2] {
         Inner::seed(&device, 5);
-        let trunk = GptConfig::new(64, 32, 2, 4, 32)
+        let trunk = DecoderConfig::new(64, 32, 2, 4, 32)
             .with_architecture(architecture)
             .init::<Inner>(&device)
             .unwrap();
@@ -228,7 +228,7 @@ fn training_on_rankings_learns_the_labelers_order() {
     let (train, _) = encode_rankings(&template, &pet_rankings(0..24), 64).unwrap();
     let (val, _) = encode_rankings(&template, &pet_rankings(100..112), 64).unwrap();
     B::seed(&device, 11);
-    let trunk = GptConfig::new(300, 32, 2, 4, 64)
+    let trunk = DecoderConfig::new(300, 32, 2, 4, 64)
         .init::<B>(&device)
         .unwrap();
     let model = RewardModel::new(trunk, 0.05);
@@ -289,7 +289,7 @@ fn a_saved_reward_model_scores_the_same(likelihood: Option<f64>) {
     let template = template();
     let pad = template.tokenizer().special(Special::Pad).unwrap();
     let device = Default::default();
-    let trunk = GptConfig::new(300, 32, 2, 4, 64)
+    let trunk = DecoderConfig::new(300, 32, 2, 4, 64)
         .init::<Inner>(&device)
         .unwrap();
     let mut model = RewardModel::new(trunk, 0.5);
@@ -353,7 +353,7 @@ fn a_demonstration_is_ranked_among_the_sampled_answers() {
     let template = template();
     let device = Default::default();
     Inner::seed(&device, 3);
-    let policy = GptConfig::new(300, 32, 2, 4, 64)
+    let policy = DecoderConfig::new(300, 32, 2, 4, 64)
         .init::<Inner>(&device)
         .unwrap();
     let prompts = ["Name an animal.", "Which pet do you like?", "Name a pet."]
@@ -401,7 +401,7 @@ fn the_likelihood_term_is_its_weight_times_the_answers_mean_log_probability() {
     let pad = template.tokenizer().special(Special::Pad).unwrap();
     let device = Default::default();
     Inner::seed(&device, 9);
-    let trunk = GptConfig::new(300, 32, 2, 4, 64)
+    let trunk = DecoderConfig::new(300, 32, 2, 4, 64)
         .init::<Inner>(&device)
         .unwrap();
     let plain = RewardModel::new(trunk.clone(), 0.5);

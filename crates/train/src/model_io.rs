@@ -1,11 +1,11 @@
-//! A trained model on disk: `model.json` (its [`GptConfig`]) and `model.mpk` (its weights),
+//! A trained model on disk: `model.json` (its [`DecoderConfig`]) and `model.mpk` (its weights),
 //! beside the `tokenizer.json` it was trained with.
 
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use ember_transformer::{Gpt, GptConfig};
+use ember_transformer::{Decoder, DecoderConfig};
 
 use crate::checkpoint::{load_record, save_record};
 use crate::{Error, Result};
@@ -14,9 +14,9 @@ use crate::{Error, Result};
 ///
 /// # Errors
 /// The folder or files cannot be written.
-pub fn save_model<B: Backend>(model: &Gpt<B>, dir: &Path) -> Result<()> {
+pub fn save_model<B: Backend>(model: &Decoder<B>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let json = serde_json::to_string_pretty(model.config()).expect("GptConfig serialises");
+    let json = serde_json::to_string_pretty(model.config()).expect("DecoderConfig serialises");
     let tmp = dir.join(".model.tmp");
     save_record::<B, _>(model.clone().into_record(), &tmp)?;
     let final_path = dir.join("model.mpk");
@@ -30,7 +30,7 @@ pub fn save_model<B: Backend>(model: &Gpt<B>, dir: &Path) -> Result<()> {
 ///
 /// # Errors
 /// A missing or unparsable file.
-pub fn load_model_config(dir: &Path) -> Result<GptConfig> {
+pub fn load_model_config(dir: &Path) -> Result<DecoderConfig> {
     let path = dir.join("model.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
@@ -40,7 +40,7 @@ pub fn load_model_config(dir: &Path) -> Result<GptConfig> {
 ///
 /// # Errors
 /// Missing or damaged files, or weights that do not fit the config.
-pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>> {
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
     let config = load_model_config(dir)?;
     let model = config.init::<B>(device)?;
     let record = load_record::<B, _>(&dir.join("model"), device)?;

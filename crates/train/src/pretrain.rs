@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use ember_tokenizer::{ShardMeta, TokenShard};
-use ember_transformer::{Gpt, TokenBatch};
+use ember_transformer::{Decoder, TokenBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -109,7 +109,10 @@ impl<B: Backend> Pretraining<B> {
     ///
     /// # Errors
     /// From the model (never, for well-formed shards).
-    pub fn evaluate<C: Backend<Device = B::Device>>(&self, model: &Gpt<C>) -> Result<(f64, f64)> {
+    pub fn evaluate<C: Backend<Device = B::Device>>(
+        &self,
+        model: &Decoder<C>,
+    ) -> Result<(f64, f64)> {
         let window = self.config.seq_len + 1;
         let n_windows = ((self.val.len() - 1) / self.config.seq_len)
             .min(self.config.eval_windows)
@@ -136,13 +139,13 @@ impl<B: Backend> Pretraining<B> {
     }
 }
 
-impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Pretraining<B> {
-    fn loss(&mut self, model: &Gpt<B>, batch: MicroBatch) -> Result<Loss<B>> {
+impl<B: AutodiffBackend> Objective<B, Decoder<B>> for Pretraining<B> {
+    fn loss(&mut self, model: &Decoder<B>, batch: MicroBatch) -> Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.train_rows(batch.step, batch.micro), &self.device)?;
         Ok(Loss::new(model.train_loss(&batch)?, batch.n_targets))
     }
 
-    fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
+    fn validate(&mut self, model: &Decoder<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
         let (loss, bits_per_byte) = self.evaluate(model)?;
         Ok(vec![
             (metric::LOSS.into(), loss),

@@ -4,7 +4,7 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use ember_instruct::{pack_rows, pad_rows, Rendered, Row, PAD_SEGMENT};
-use ember_transformer::{masked_cross_entropy, DecoderInput, Gpt, Positions, TokenBatch};
+use ember_transformer::{masked_cross_entropy, Decoder, DecoderInput, Positions, TokenBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::{metric, EpochOrder, Error, Loss, MicroBatch, Objective, Result};
@@ -85,16 +85,16 @@ impl<B: Backend> RowBatch<B> {
     ///
     /// # Errors
     /// [`ember_transformer::Error::AllMasked`] if no row has an answer token.
-    pub fn loss(&self, model: &Gpt<B>) -> Result<Tensor<B, 1>> {
+    pub fn loss(&self, model: &Decoder<B>) -> Result<Tensor<B, 1>> {
         let logits = model.logits(model.forward_hidden(self.input.clone()));
         Ok(masked_cross_entropy(logits, &self.targets)?)
     }
     /// [`RowBatch::loss`] for training, with the head and the loss fused
-    /// ([`Gpt::head_loss`]): the same value and gradients, less memory and time.
+    /// ([`Decoder::head_loss`]): the same value and gradients, less memory and time.
     ///
     /// # Errors
     /// As [`RowBatch::loss`].
-    pub fn train_loss(&self, model: &Gpt<B>) -> Result<Tensor<B, 1>>
+    pub fn train_loss(&self, model: &Decoder<B>) -> Result<Tensor<B, 1>>
     where
         B: AutodiffBackend,
     {
@@ -177,7 +177,7 @@ impl<B: Backend> Sft<B> {
     ///
     /// # Errors
     /// From the model (never, for rows built here).
-    pub fn evaluate<C: Backend<Device = B::Device>>(&self, model: &Gpt<C>) -> Result<f64> {
+    pub fn evaluate<C: Backend<Device = B::Device>>(&self, model: &Decoder<C>) -> Result<f64> {
         let (mut total, mut count) = (0.0, 0usize);
         let heads = model.config().n_heads;
         for chunk in self.val.chunks(self.config.batch_size) {
@@ -191,15 +191,15 @@ impl<B: Backend> Sft<B> {
     }
 }
 
-impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Sft<B> {
-    fn loss(&mut self, model: &Gpt<B>, batch: MicroBatch) -> Result<Loss<B>> {
+impl<B: AutodiffBackend> Objective<B, Decoder<B>> for Sft<B> {
+    fn loss(&mut self, model: &Decoder<B>, batch: MicroBatch) -> Result<Loss<B>> {
         let rows = self.micro_batch(batch.index);
         let rows = rows.iter().collect::<Vec<_>>();
         let batch = RowBatch::<B>::new(&rows, model.config().n_heads, &self.device)?;
         Ok(Loss::new(batch.train_loss(model)?, batch.targets.n_targets))
     }
 
-    fn validate(&mut self, model: &Gpt<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
+    fn validate(&mut self, model: &Decoder<B::InnerBackend>) -> Result<Vec<(String, f64)>> {
         Ok(vec![(metric::ANSWER_LOSS.into(), self.evaluate(model)?)])
     }
 }

@@ -11,7 +11,7 @@ use ember_tokenizer::{BpeConfig, Special, Tokenizer};
 use ember_train::{
     fit, MicroBatch, Objective, OptimizerConfig, RowBatch, RunDir, Sft, SftConfig, TrainConfig,
 };
-use ember_transformer::{Architecture, GptConfig};
+use ember_transformer::{Architecture, DecoderConfig};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
@@ -60,7 +60,7 @@ fn a_packed_conversation_gets_the_logits_it_gets_alone() {
     let device = Default::default();
     for architecture in [Architecture::Llama, Architecture::Gpt2] {
         Inner::seed(&device, 11);
-        let config = GptConfig::new(320, 32, 2, 4, 128)
+        let config = DecoderConfig::new(320, 32, 2, 4, 128)
             .with_architecture(architecture)
             .with_init_std(0.2);
         let model = config.init::<Inner>(&device).unwrap();
@@ -130,7 +130,7 @@ fn fine_tuning_lowers_the_answer_loss_and_visits_every_row() {
     let mut sft = Sft::<B>::new(&items, &items, pad, config, &device).unwrap();
     assert_eq!(sft.train_rows().len(), 4);
     B::seed(&device, 3);
-    let model = GptConfig::new(320, 32, 2, 4, 64)
+    let model = DecoderConfig::new(320, 32, 2, 4, 64)
         .init::<B>(&device)
         .unwrap();
     // One epoch is two micro-batches of two rows: every row once.

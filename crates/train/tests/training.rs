@@ -13,13 +13,13 @@ use ember_train::{
     clip_global_norm, fit, global_grad_norm, load_model, save_model, DecayGroups, Error, Loss,
     MicroBatch, Objective, OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig,
 };
-use ember_transformer::{Architecture, Gpt, GptConfig, TokenBatch};
+use ember_transformer::{Architecture, Decoder, DecoderConfig, TokenBatch};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
 
-fn tiny_config(vocab: usize) -> GptConfig {
-    GptConfig::new(vocab, 32, 2, 4, 32)
+fn tiny_config(vocab: usize) -> DecoderConfig {
+    DecoderConfig::new(vocab, 32, 2, 4, 32)
 }
 
 fn quiet(steps: usize) -> TrainConfig {
@@ -42,13 +42,13 @@ struct OneBatch {
     rows: Vec<Vec<u32>>,
 }
 
-impl Objective<B, Gpt<B>> for OneBatch {
-    fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+impl Objective<B, Decoder<B>> for OneBatch {
+    fn loss(&mut self, model: &Decoder<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
         let batch = TokenBatch::from_rows(&self.rows, &Default::default())?;
         Ok(Loss::new(model.loss(&batch)?, batch.n_targets))
     }
 
-    fn validate(&mut self, model: &Gpt<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
+    fn validate(&mut self, model: &Decoder<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
         let batch = TokenBatch::<Inner>::from_rows(&self.rows, &Default::default())?;
         Ok(vec![(
             "loss".into(),
@@ -146,15 +146,15 @@ struct CrashAt {
     step: usize,
 }
 
-impl Objective<B, Gpt<B>> for CrashAt {
-    fn loss(&mut self, model: &Gpt<B>, batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+impl Objective<B, Decoder<B>> for CrashAt {
+    fn loss(&mut self, model: &Decoder<B>, batch: MicroBatch) -> ember_train::Result<Loss<B>> {
         if batch.step == self.step {
             return Err(Error::Config("simulated crash".into()));
         }
         self.inner.loss(model, batch)
     }
 
-    fn validate(&mut self, model: &Gpt<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
+    fn validate(&mut self, model: &Decoder<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
         self.inner.validate(model)
     }
 }

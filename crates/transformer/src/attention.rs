@@ -9,7 +9,7 @@ use burn::tensor::{Bool, Tensor};
 
 use crate::init::{linear, linear_rows};
 use crate::rope::{Positions, RotaryEmbedding};
-use crate::{Architecture, GptConfig};
+use crate::{Architecture, DecoderConfig};
 
 /// Causal self-attention with a fused query/key/value projection.
 #[derive(Module, Debug)]
@@ -31,7 +31,7 @@ pub(crate) struct AttentionContext<'a, B: Backend> {
 
 impl<B: Backend> CausalSelfAttention<B> {
     /// The attention layer of `config`.
-    pub fn init(config: &GptConfig, device: &B::Device) -> Self {
+    pub fn init(config: &DecoderConfig, device: &B::Device) -> Self {
         let d = config.d_model;
         let bias = config.architecture == Architecture::Gpt2;
         let residual_std = config.init_std / (2.0 * config.n_layers as f64).sqrt();

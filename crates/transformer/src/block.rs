@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use crate::attention::{AttentionContext, CausalSelfAttention};
 use crate::mlp::Mlp;
 use crate::norm::Norm;
-use crate::GptConfig;
+use crate::DecoderConfig;
 
 /// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Module, Debug)]
@@ -20,7 +20,7 @@ pub struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     /// A block of `config`.
-    pub fn init(config: &GptConfig, device: &B::Device) -> Self {
+    pub fn init(config: &DecoderConfig, device: &B::Device) -> Self {
         Self {
             attention_norm: Norm::init(config, device),
             attention: CausalSelfAttention::init(config, device),

@@ -16,9 +16,9 @@ pub enum Architecture {
     Gpt2,
 }
 
-/// Configuration for [`crate::Gpt`].
+/// Configuration for [`crate::Decoder`].
 #[derive(Config, Debug, PartialEq)]
-pub struct GptConfig {
+pub struct DecoderConfig {
     /// Vocabulary size: rows of the (tied) token embedding.
     pub vocab_size: usize,
     /// Width of the residual stream.
@@ -49,7 +49,7 @@ pub struct GptConfig {
     pub init_std: f64,
 }
 
-impl GptConfig {
+impl DecoderConfig {
     /// The PyTorch peer's `tiny`: 4 layers of width 128, 4 heads, context 128, vocabulary
     /// 4096. Trains in seconds on a CPU.
     pub fn tiny() -> Self {
@@ -137,18 +137,18 @@ mod tests {
     #[test]
     fn gpt2_small_has_124m_parameters() {
         // HF's GPT2LMHeadModel reports 124,439,808 parameters (tied head counted once).
-        assert_eq!(GptConfig::gpt2_small().num_params(), 124_439_808);
+        assert_eq!(DecoderConfig::gpt2_small().num_params(), 124_439_808);
     }
 
     #[test]
     fn swiglu_width_keeps_a_4d_mlps_parameters_roughly() {
-        let config = GptConfig::tiny();
+        let config = DecoderConfig::tiny();
         assert_eq!(config.mlp_hidden(), 384); // 8*128/3 = 341.3 → 384
     }
 
     #[test]
     fn heads_must_divide_width() {
-        assert!(GptConfig::new(10, 130, 1, 4, 8).validate().is_err());
-        assert!(GptConfig::tiny().validate().is_ok());
+        assert!(DecoderConfig::new(10, 130, 1, 4, 8).validate().is_err());
+        assert!(DecoderConfig::tiny().validate().is_ok());
     }
 }

@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Gpt, KvCache, Result, Sampler, Sampling};
+use crate::{Decoder, Error, KvCache, Result, Sampler, Sampling};
 
 /// Configuration for [`generate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ impl Generation {
 /// # Errors
 /// As [`generate_streaming`].
 pub fn generate<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
 ) -> Result<Vec<Generation>> {
@@ -85,7 +85,7 @@ pub fn generate<B: Backend>(
 /// An empty prompt list or prompt, a token outside the vocabulary, a prompt that fills the
 /// context, or invalid sampling parameters.
 pub fn generate_streaming<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
     mut on_token: impl FnMut(usize, u32),

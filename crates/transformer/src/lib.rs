@@ -18,7 +18,7 @@ mod sampling;
 pub use attention::{causal_attention, CausalSelfAttention};
 pub use block::Block;
 pub use cache::KvCache;
-pub use config::{Architecture, GptConfig};
+pub use config::{Architecture, DecoderConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
 pub use init::{fresh_ids, linear, materialize};
@@ -26,7 +26,15 @@ pub use init::{fresh_ids, linear, materialize};
 pub use kernels::flex::set_flex_kernels;
 pub use loss::{fused_cross_entropy, fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 pub use mlp::{gelu_tanh, GeluMlp, Mlp, SwiGlu};
-pub use model::{DecoderInput, Gpt};
+pub use model::{Decoder, DecoderInput};
 pub use norm::Norm;
 pub use rope::{Positions, RotaryEmbedding};
 pub use sampling::{Sampler, Sampling};
+
+/// The decoder's first name (its default shape is Llama's, not GPT's).
+#[deprecated(since = "0.1.0", note = "renamed to `Decoder`")]
+pub type Gpt<B> = Decoder<B>;
+
+/// The decoder config's first name.
+#[deprecated(since = "0.1.0", note = "renamed to `DecoderConfig`")]
+pub type GptConfig = DecoderConfig;

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::init::{linear, linear_rows};
-use crate::{Architecture, GptConfig};
+use crate::{Architecture, DecoderConfig};
 
 /// `gelu_tanh(x) = x · σ(A·x + B·x³)`: `A = 2·√(2/π)`, `B = A · 0.044715`.
 pub(crate) const GELU_A: f64 = 2.0 * 0.797_884_560_802_865_4;
@@ -76,7 +76,7 @@ pub enum Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     /// The MLP of `config`'s architecture.
-    pub fn init(config: &GptConfig, device: &B::Device) -> Self {
+    pub fn init(config: &DecoderConfig, device: &B::Device) -> Self {
         let d = config.d_model;
         let hidden = config.mlp_hidden();
         let std = config.init_std;

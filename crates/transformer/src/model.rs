@@ -10,7 +10,7 @@ use crate::block::Block;
 use crate::loss::{fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 use crate::norm::Norm;
 use crate::rope::{Positions, RotaryEmbedding};
-use crate::{Architecture, GptConfig, KvCache, Result};
+use crate::{Architecture, DecoderConfig, KvCache, Result};
 
 /// The general input of a forward pass: tokens with explicit positions and an optional
 /// attention mask (packed rows, left padding).
@@ -27,22 +27,22 @@ pub struct DecoderInput<B: Backend> {
 
 /// A decoder-only transformer of either [`Architecture`].
 #[derive(Module, Debug)]
-pub struct Gpt<B: Backend> {
+pub struct Decoder<B: Backend> {
     token_embedding: Embedding<B>,
     position_embedding: Option<Embedding<B>>,
     rope: Option<RotaryEmbedding<B>>,
     blocks: Vec<Block<B>>,
     final_norm: Norm<B>,
     #[module(skip)]
-    config: GptConfig,
+    config: DecoderConfig,
 }
 
-impl GptConfig {
+impl DecoderConfig {
     /// Builds the model on `device`, with GPT-2's initialisation.
     ///
     /// # Errors
-    /// An invalid config ([`GptConfig::validate`]).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Gpt<B>> {
+    /// An invalid config ([`DecoderConfig::validate`]).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Decoder<B>> {
         self.validate()?;
         let embedding = |rows| {
             EmbeddingConfig::new(rows, self.d_model)
@@ -64,7 +64,7 @@ impl GptConfig {
                 )),
             ),
         };
-        Ok(crate::init::materialize(Gpt {
+        Ok(crate::init::materialize(Decoder {
             token_embedding: embedding(self.vocab_size),
             position_embedding,
             rope,
@@ -77,9 +77,9 @@ impl GptConfig {
     }
 }
 
-impl<B: Backend> Gpt<B> {
+impl<B: Backend> Decoder<B> {
     /// The model's config.
-    pub fn config(&self) -> &GptConfig {
+    pub fn config(&self) -> &DecoderConfig {
         &self.config
     }
 
@@ -229,11 +229,11 @@ impl<B: Backend> Gpt<B> {
     }
 }
 
-/// Logits a chunk of [`Gpt::train_loss`] holds at once (16 MiB of `f32`).
+/// Logits a chunk of [`Decoder::train_loss`] holds at once (16 MiB of `f32`).
 const LOGITS_PER_CHUNK: usize = 1 << 22;
 
-impl<B: AutodiffBackend> Gpt<B> {
-    /// [`Gpt::loss`] for training: the same value and gradients, with the head and the loss
+impl<B: AutodiffBackend> Decoder<B> {
+    /// [`Decoder::loss`] for training: the same value and gradients, with the head and the loss
     /// fused ([`fused_linear_cross_entropy`]), so the `[batch, seq, vocab]` logits are never
     /// held whole and the backward pass keeps none of them. Faster on the CPU backend too.
     ///
@@ -248,8 +248,8 @@ impl<B: AutodiffBackend> Gpt<B> {
         self.head_loss(self.forward_hidden(input), batch)
     }
 
-    /// The fused head and loss of `hidden` states (the output of [`Gpt::forward_hidden`])
-    /// against the batch's targets; see [`Gpt::train_loss`].
+    /// The fused head and loss of `hidden` states (the output of [`Decoder::forward_hidden`])
+    /// against the batch's targets; see [`Decoder::train_loss`].
     ///
     /// # Shapes
     /// - `hidden`: `[batch, seq, d_model]` → `[1]`

@@ -5,7 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::{Architecture, GptConfig};
+use crate::{Architecture, DecoderConfig};
 
 /// A pre-norm of either shape.
 #[derive(Module, Debug)]
@@ -18,7 +18,7 @@ pub enum Norm<B: Backend> {
 
 impl<B: Backend> Norm<B> {
     /// The norm of `config`'s architecture.
-    pub fn init(config: &GptConfig, device: &B::Device) -> Self {
+    pub fn init(config: &DecoderConfig, device: &B::Device) -> Self {
         match config.architecture {
             Architecture::Llama => Norm::Rms(
                 RmsNormConfig::new(config.d_model)

@@ -6,19 +6,19 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_transformer::{
-    generate, Architecture, GenerateConfig, Gpt, GptConfig, KvCache, Sampling, TokenBatch,
+    generate, Architecture, Decoder, DecoderConfig, GenerateConfig, KvCache, Sampling, TokenBatch,
 };
 
 const ARCHITECTURES: [Architecture; 2] = [Architecture::Llama, Architecture::Gpt2];
 
-fn config(architecture: Architecture) -> GptConfig {
+fn config(architecture: Architecture) -> DecoderConfig {
     // A larger init than GPT-2's makes logits far apart, so greedy choices are not ties.
-    GptConfig::new(97, 32, 2, 4, 48)
+    DecoderConfig::new(97, 32, 2, 4, 48)
         .with_architecture(architecture)
         .with_init_std(0.3)
 }
 
-fn model<B: Backend>(architecture: Architecture, device: &B::Device) -> Gpt<B> {
+fn model<B: Backend>(architecture: Architecture, device: &B::Device) -> Decoder<B> {
     B::seed(device, 7);
     config(architecture).init(device).unwrap()
 }
@@ -104,7 +104,7 @@ fn check_cached_equals_full<B: Backend>(device: &B::Device) {
 /// sequence (writing into one leaves the other's rows alone).
 fn check_cache_grows_and_clones<B: Backend>(device: &B::Device) {
     B::seed(device, 7);
-    let model = GptConfig::new(97, 32, 2, 4, 150)
+    let model = DecoderConfig::new(97, 32, 2, 4, 150)
         .with_init_std(0.3)
         .init::<B>(device)
         .unwrap();
@@ -175,7 +175,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
     }
 }
 
-fn param_grads<B: AutodiffBackend>(model: &Gpt<B>, loss: Tensor<B, 1>) -> (f32, Vec<Vec<f32>>) {
+fn param_grads<B: AutodiffBackend>(model: &Decoder<B>, loss: Tensor<B, 1>) -> (f32, Vec<Vec<f32>>) {
     let grads = loss.backward();
     let mut visitor = Grads::<B> {
         grads: &grads,

@@ -7,7 +7,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, IntDType, Tensor, TensorData};
 use ember_train::{fit, Loss, MicroBatch, Objective, OptimizerConfig, RunDir, TrainConfig};
 use ember_transformer::{
-    generate, Architecture, GenerateConfig, Gpt, GptConfig, Sampling, TokenBatch,
+    generate, Architecture, Decoder, DecoderConfig, GenerateConfig, Sampling, TokenBatch,
 };
 
 use ember_pipeline::Preset;
@@ -17,7 +17,7 @@ use crate::device::{with_backend, DeviceKind};
 
 /// The preset with `architecture` (the PyTorch peer's shapes: tiny and small), and the batch
 /// it trains with (the peer's: 16 rows of tiny, 8 of the others).
-fn shape(preset: Preset, architecture: Architecture) -> (GptConfig, usize) {
+fn shape(preset: Preset, architecture: Architecture) -> (DecoderConfig, usize) {
     let batch = if preset == Preset::Tiny { 16 } else { 8 };
     (preset.config().with_architecture(architecture), batch)
 }
@@ -130,8 +130,8 @@ struct Synthetic<B: Backend> {
     batch: TokenBatch<B>,
 }
 
-impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Synthetic<B> {
-    fn loss(&mut self, model: &Gpt<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+impl<B: AutodiffBackend> Objective<B, Decoder<B>> for Synthetic<B> {
+    fn loss(&mut self, model: &Decoder<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
         Ok(Loss::new(
             model.train_loss(&self.batch)?,
             self.batch.n_targets,
@@ -140,7 +140,7 @@ impl<B: AutodiffBackend> Objective<B, Gpt<B>> for Synthetic<B> {
 
     fn validate(
         &mut self,
-        _model: &Gpt<B::InnerBackend>,
+        _model: &Decoder<B::InnerBackend>,
     ) -> ember_train::Result<Vec<(String, f64)>> {
         Ok(Vec::new())
     }
@@ -153,7 +153,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// FLOPs per trained token: 6 per parameter (forward and backward matmuls) plus attention's
 /// 12 · layers · context · width (PaLM's appendix B; nanoGPT's MFU estimate).
-fn flops_per_token(config: &GptConfig) -> f64 {
+fn flops_per_token(config: &DecoderConfig) -> f64 {
     6.0 * config.num_params() as f64
         + 12.0 * (config.n_layers * config.max_seq_len * config.d_model) as f64
 }
@@ -304,7 +304,7 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
 
 /// Greedy decoding that runs the whole sequence through the model for every new token.
 fn generate_uncached<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     prompts: &[Vec<u32>],
     new_tokens: usize,
     device: &B::Device,

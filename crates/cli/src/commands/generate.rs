@@ -92,7 +92,7 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
 
 /// Continues the prompts of a JSONL file in batches and prints JSONL results.
 fn generate_file<B: Backend>(
-    model: &ember_transformer::Gpt<B>,
+    model: &ember_transformer::Decoder<B>,
     tokenizer: &Tokenizer,
     config: &GenerateConfig,
     file: &std::path::Path,
