@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 use ember::instruct::{Conversation, Message, OnError};
 use ember::pipeline::{
     evaluate_reward_model, evaluation_table, load_rankings, score_answers_with, train_reward_model,
-    Pipeline, PipelineSettings, Policy, RewardInputs, RewardSettings, Stage,
+    Pipeline, PipelineSettings, Policy, RewardSettings, Stage, TuneInputs,
 };
 use ember::train::keep_freed_memory;
 
@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     settings.batch.prompts_per_batch = 4;
     settings.train.steps = 30;
     settings.train.eval_every = std::num::NonZeroUsize::new(10);
-    let inputs = RewardInputs {
+    let inputs = TuneInputs {
         model: run.model(Policy::Sft),
         data: run.rankings().join("train.jsonl"),
         val: None,

@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 use ember::instruct::OnError;
 use ember::pipeline::{
     read_examples, score_answers, sft, Answering, JudgeScores, Pipeline, PipelineSettings, Policy,
-    SftInputs, SftSettings, Stage,
+    SftSettings, Stage, TuneInputs,
 };
 use ember::tasks::TaskSet;
 use ember::train::keep_freed_memory;
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     settings.train.steps = 200;
     settings.train.eval_every = std::num::NonZeroUsize::new(50);
     settings.train.optimizer.lr = 2e-3;
-    let inputs = SftInputs {
+    let inputs = TuneInputs {
         model: run.model(Policy::Base),
         data: run.data().sft,
         val: None,

@@ -1,5 +1,8 @@
 //! The `ember` binary end to end on a small corpus: tokenizer, pretraining, resume, generation,
 //! and the errors a user meets.
+//!
+//! (Long because each test drives one command through its real files; they share the binary
+//! helpers at the top.)
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -30,10 +30,10 @@ pub use pretrain::{describe, pretrain, PretrainInputs, PretrainSettings, Pretrai
 pub use report::{markdown, write_report, Metrics, ReportInputs, RolloutStats};
 pub use reward::{
     evaluate_reward_model, evaluation_table, load_rankings, score_answers_with, train_reward_model,
-    NormalizationKind, RewardEvaluation, RewardInputs, RewardSettings, RewardTrained,
+    NormalizationKind, RewardEvaluation, RewardSettings, RewardTrained,
 };
 pub use settings::{ModelSettings, Preset};
-pub use sft::{sft, SftInputs, SftSettings, Tuned};
+pub use sft::{sft, SftSettings, TuneInputs, Tuned};
 pub use summary::{
     evaluate_pipeline, read_answers, EvalInputs, EvalSettings, Policy, PolicyEval, RewardAccuracy,
     SampledAnswers, Summary,

@@ -15,8 +15,7 @@ use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy};
 use crate::{
     collect, export_tasks, ppo, pretrain, read_examples, sft, train_reward_model, write_report,
     CollectSettings, Error, ModelFolder, PpoInputs, PpoSettings, PretrainInputs, PretrainSettings,
-    PromptSource, Result, RewardInputs, RewardSettings, SftInputs, SftSettings, TaskData,
-    TasksSettings,
+    PromptSource, Result, RewardSettings, SftSettings, TaskData, TasksSettings, TuneInputs,
 };
 
 /// The pipeline's settings: one table per stage, each laid over the pipeline's defaults.
@@ -389,7 +388,7 @@ impl Pipeline {
                 log(&done.to_string());
             }
             Stage::Sft => {
-                let inputs = SftInputs {
+                let inputs = TuneInputs {
                     model: run.model(Policy::Base),
                     data: data.sft.clone(),
                     val: None,
@@ -411,7 +410,7 @@ impl Pipeline {
                 }
             }
             Stage::Reward => {
-                let inputs = RewardInputs {
+                let inputs = TuneInputs {
                     model: run.model(Policy::Sft),
                     data: run.rankings().join("train.jsonl"),
                     val: None,

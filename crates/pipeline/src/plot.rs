@@ -112,7 +112,7 @@ where
 ///
 /// # Errors
 /// The drawing backend's error, as text.
-pub fn render_svg(charts: &[Chart], columns: usize) -> std::result::Result<String, String> {
+pub(crate) fn render_svg(charts: &[Chart], columns: usize) -> std::result::Result<String, String> {
     let columns = columns.clamp(1, charts.len().max(1));
     let rows = charts.len().div_ceil(columns).max(1);
     let mut svg = String::new();

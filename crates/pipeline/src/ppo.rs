@@ -16,7 +16,7 @@ use ember_train::{fit, OptimizerConfig, PretrainConfig, Pretraining, RunDir, Tra
 use serde::{Deserialize, Serialize};
 
 use crate::pretrain::shown;
-use crate::settings::record;
+use crate::settings::start_run;
 use crate::{Error, ModelFolder, Result};
 
 /// Where the critic (value model) starts.
@@ -244,8 +244,7 @@ pub fn ppo<B: AutodiffBackend>(
 ) -> Result<PpoTrained> {
     settings.ppo.validate()?;
     let train_config = settings.train_config(true)?;
-    std::fs::create_dir_all(&inputs.run).map_err(|e| Error::io(&inputs.run, e))?;
-    record(&inputs.run.join("config.toml"), settings)?;
+    start_run(&inputs.run, settings)?;
     let tokenizer = inputs.policy.tokenizer()?;
     let template = ChatTemplate::new(tokenizer.clone())?;
     let policy = inputs.policy.load::<B>(device)?;

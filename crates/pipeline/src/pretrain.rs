@@ -13,7 +13,7 @@ use ember_train::{fit, PretrainConfig, Pretraining, RunDir, TrainConfig};
 use ember_transformer::{generate, DecoderConfig, GenerateConfig, Sampling};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{record, ModelSettings};
+use crate::settings::{start_run, ModelSettings};
 use crate::{Error, ModelFolder, Result};
 
 /// Pretraining's settings.
@@ -137,8 +137,7 @@ pub fn pretrain<B: AutodiffBackend>(
     device: &B::Device,
     log: &mut dyn FnMut(&str),
 ) -> Result<Pretrained> {
-    std::fs::create_dir_all(&inputs.run).map_err(|e| Error::io(&inputs.run, e))?;
-    record(&inputs.run.join("config.toml"), settings)?;
+    start_run(&inputs.run, settings)?;
     let tokenizer = prepare_tokenizer(inputs, settings, log)?;
     let shards = inputs.shards();
     let meta = prepare_shards(inputs, settings, &tokenizer, &shards, log)?;

@@ -3,7 +3,7 @@
 //! used to score answers.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,8 +17,8 @@ use ember_tokenizer::Special;
 use ember_train::{fit, RunDir, TrainConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{check_fraction, hold_out, record};
-use crate::{Error, ModelFolder, Result};
+use crate::settings::{check_fraction, hold_out, start_run};
+use crate::{Error, ModelFolder, Result, TuneInputs};
 
 /// How the trained model's scores are normalised on the SFT policy's answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,21 +73,6 @@ impl Default for RewardSettings {
             train,
         }
     }
-}
-
-/// What reward-model training reads and where it writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RewardInputs {
-    /// The SFT model the reward model starts from.
-    pub model: ModelFolder,
-    /// Rankings to learn from (K-way or pairwise JSONL).
-    pub data: PathBuf,
-    /// Held-out rankings; without them, `val_fraction` of `data` is held out.
-    pub val: Option<PathBuf>,
-    /// The run folder: checkpoints, metrics, `config.toml` and the reward model (`model/`).
-    pub run: PathBuf,
-    /// What to do with a malformed record.
-    pub on_error: OnError,
 }
 
 /// What reward-model training did.
@@ -183,14 +168,13 @@ fn encode(
 /// # Errors
 /// A bad `val_fraction`, unreadable rankings or model, or a training error.
 pub fn train_reward_model<B: AutodiffBackend>(
-    inputs: &RewardInputs,
+    inputs: &TuneInputs,
     settings: &RewardSettings,
     device: &B::Device,
     log: &mut dyn FnMut(&str),
 ) -> Result<RewardTrained> {
     check_fraction(settings.val_fraction)?;
-    std::fs::create_dir_all(&inputs.run).map_err(|e| Error::io(&inputs.run, e))?;
-    record(&inputs.run.join("config.toml"), settings)?;
+    start_run(&inputs.run, settings)?;
     let tokenizer = inputs.model.tokenizer()?;
     let template = ChatTemplate::new(tokenizer.clone())?;
     let pad = tokenizer.special(Special::Pad)?;

@@ -173,6 +173,15 @@ pub fn record<T: Serialize>(path: &Path, settings: &T) -> Result<()> {
     Ok(())
 }
 
+/// Creates a stage's run folder and records its settings there as `config.toml`.
+///
+/// # Errors
+/// The folder or the file cannot be written.
+pub fn start_run<T: Serialize>(run: &Path, settings: &T) -> Result<()> {
+    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    record(&run.join("config.toml"), settings)
+}
+
 /// A command's settings for a run folder: `explicit` (a `--config` file), else the folder's
 /// own `config.toml` (so a resumed run keeps its settings), else the defaults.
 ///

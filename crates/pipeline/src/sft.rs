@@ -10,8 +10,8 @@ use ember_train::{fit, RunDir, Sft, SftConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::pretrain::shown;
-use crate::settings::{check_fraction, hold_out, record};
-use crate::{Error, ModelFolder, Result};
+use crate::settings::{check_fraction, hold_out, start_run};
+use crate::{ModelFolder, Result};
 
 /// SFT's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,14 +41,16 @@ impl Default for SftSettings {
     }
 }
 
-/// What SFT reads and where it writes.
+/// What a stage that tunes a model on a data file reads and where it writes: SFT (on
+/// conversations) and the reward model (on rankings).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SftInputs {
-    /// The pretrained model.
+pub struct TuneInputs {
+    /// The model it starts from (pretrained for SFT, the SFT model for the reward model).
     pub model: ModelFolder,
-    /// Conversations to learn from: messages JSONL, prompt–completion JSONL, Alpaca or ShareGPT.
+    /// What to learn from: for SFT, conversations (messages JSONL, prompt–completion JSONL,
+    /// Alpaca or ShareGPT); for the reward model, rankings (K-way or pairwise JSONL).
     pub data: PathBuf,
-    /// Held-out conversations; without them, `val_fraction` of `data` is held out.
+    /// Held-out records; without them, `val_fraction` of `data` is held out.
     pub val: Option<PathBuf>,
     /// The run folder: checkpoints, metrics, `config.toml` and the tuned model (`model/`).
     pub run: PathBuf,
@@ -100,14 +102,13 @@ fn load(path: &Path, on_error: OnError, skipped: &mut Vec<String>) -> Result<Vec
 /// # Errors
 /// A bad `val_fraction`, unreadable data or model, or a training error.
 pub fn sft<B: AutodiffBackend>(
-    inputs: &SftInputs,
+    inputs: &TuneInputs,
     settings: &SftSettings,
     device: &B::Device,
     log: &mut dyn FnMut(&str),
 ) -> Result<Tuned> {
     check_fraction(settings.val_fraction)?;
-    std::fs::create_dir_all(&inputs.run).map_err(|e| Error::io(&inputs.run, e))?;
-    record(&inputs.run.join("config.toml"), settings)?;
+    start_run(&inputs.run, settings)?;
     let tokenizer = inputs.model.tokenizer()?;
     let template = inputs.model.template()?;
     let mut skipped = Vec::new();

@@ -1,5 +1,8 @@
 //! Invariants of the decoder, written once as `check_*(device)` and run on every backend
 //! compiled in: CPU (flex) always, wgpu under the `wgpu` feature.
+//!
+//! (Long because every invariant is one `check_*` body shared by all backends; splitting it
+//! would repeat the per-backend test lists.)
 
 use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};

@@ -8,7 +8,7 @@ use ember_instruct::{read_prompts, Conversation, Message};
 use ember_pipeline::settings::for_run;
 use ember_pipeline::{
     collect, evaluate_reward_model, evaluation_table, load_rankings, score_answers_with,
-    train_reward_model, CollectJob, ModelFolder, RewardInputs, RewardSettings,
+    train_reward_model, CollectJob, ModelFolder, RewardSettings, TuneInputs,
 };
 use ember_tasks::Split;
 
@@ -154,7 +154,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(steps) = args.steps {
         settings.train.steps = steps;
     }
-    let inputs = RewardInputs {
+    let inputs = TuneInputs {
         model: ModelFolder::new(args.model),
         data: args.data,
         val: args.val,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ember_instruct::OnError;
 use ember_pipeline::settings::for_run;
-use ember_pipeline::{sft, ModelFolder, SftInputs, SftSettings};
+use ember_pipeline::{sft, ModelFolder, SftSettings, TuneInputs};
 
 use crate::device::{with_backend, DeviceKind};
 
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(steps) = args.steps {
         settings.train.steps = steps;
     }
-    let inputs = SftInputs {
+    let inputs = TuneInputs {
         model: ModelFolder::new(args.model),
         data: args.data,
         val: args.val,
