@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
+use ember::pipeline::ModelFolder;
 use ember::tokenizer::{corpus_files, write_shards, BpeConfig, ShardConfig, Special, Tokenizer};
 use ember::train::{
-    fit, keep_freed_memory, save_model, OptimizerConfig, PretrainConfig, Pretraining, RunDir,
-    TrainConfig,
+    fit, keep_freed_memory, OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig,
 };
 use ember::transformer::{generate, DecoderConfig, GenerateConfig, Sampling};
 
@@ -106,8 +106,7 @@ fn main() -> anyhow::Result<()> {
 
     // 5. Save, and sample.
     let model = model.valid();
-    save_model(&model, &run.join("model"))?;
-    tokenizer.save(run.join("model/tokenizer.json"))?;
+    ModelFolder::new(run.join("model")).save(&model, &tokenizer)?;
     let prompt = tokenizer.encode("The model")?;
     let config = GenerateConfig {
         max_new_tokens: 40,

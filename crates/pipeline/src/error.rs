@@ -44,6 +44,14 @@ pub enum Error {
         /// What is missing.
         reason: String,
     },
+    /// Records longer than the model's context, where every record must fit.
+    #[error("{count} record(s) do not fit the model's context of {context} tokens")]
+    TooLong {
+        /// How many.
+        count: usize,
+        /// The context length.
+        context: usize,
+    },
     /// A plot could not be drawn.
     #[error("{path}: drawing the plot failed: {reason}")]
     Plot {

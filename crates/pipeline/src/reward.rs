@@ -293,9 +293,10 @@ pub fn evaluate_reward_model<B: Backend>(
     let max_len = model.trunk().config().max_seq_len;
     let (encoded, too_long) = encode_rankings(template, &rankings, max_len)?;
     if too_long > 0 {
-        return Err(Error::Config(format!(
-            "{too_long} ranking(s) do not fit the model's context of {max_len} tokens"
-        )));
+        return Err(Error::TooLong {
+            count: too_long,
+            context: max_len,
+        });
     }
     let scores = score_rankings(model, &encoded, pad, 64)?;
     Ok(RewardEvaluation {

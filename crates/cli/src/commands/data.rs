@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use ember_instruct::{read, ChatTemplate, Format, OnError};
+use ember_pipeline::ModelFolder;
 use ember_tokenizer::Tokenizer;
 
 /// Arguments of `ember data show`.
@@ -50,12 +51,11 @@ impl From<FormatArg> for Format {
 
 /// Prints rendered conversations with the trained-on spans between ⟦ and ⟧.
 pub fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let tokenizer_path = if args.tokenizer.is_dir() {
-        args.tokenizer.join("tokenizer.json")
+    let template = if args.tokenizer.is_dir() {
+        ModelFolder::new(&args.tokenizer).template()?
     } else {
-        args.tokenizer.clone()
+        ChatTemplate::new(Tokenizer::from_file(&args.tokenizer)?)?
     };
-    let template = ChatTemplate::new(Tokenizer::from_file(&tokenizer_path)?)?;
     let on_error = if args.strict {
         OnError::Stop
     } else {
