@@ -11,7 +11,7 @@ use ember_instruct::OnError;
 use serde::{Deserialize, Serialize};
 
 use crate::settings::record;
-use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy};
+use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy, Summary};
 use crate::{
     collect, export_tasks, ppo, pretrain, read_examples, sft, train_reward_model, write_report,
     CollectSettings, Error, ModelFolder, PpoInputs, PpoSettings, PretrainInputs, PretrainSettings,
@@ -302,7 +302,8 @@ impl Pipeline {
             Stage::Collect => run.rankings().join("heldout.jsonl").is_file(),
             Stage::Reward => run.reward_model().holds_reward_model(),
             Stage::Ppo => run.model(Policy::Ppo).exists(),
-            Stage::Eval => run.eval().join("summary.json").is_file(),
+            // A summary this version cannot read (an older run folder's) is made again.
+            Stage::Eval => Summary::read(&run.eval().join("summary.json")).is_ok(),
             Stage::Report => false,
         }
     }
