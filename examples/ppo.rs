@@ -1,9 +1,9 @@
 //! cargo run --release --example ppo
 //!
-//! Stage 4 through the library: PPO improves a toy SFT policy against a toy reward model
+//! Stage 4 through the library: PPO improves a small SFT policy against a small reward model
 //! (both made first by the pipeline's own stages) with a KL penalty to the SFT model, then
 //! the SFT and PPO policies answer the same held-out prompts and are compared prompt by
-//! prompt on the judge. Seconds on a CPU: a template, not a result (see docs/ppo.md).
+//! prompt on the judge. Under a minute on a CPU: a template, not a result (see docs/ppo.md).
 
 use burn::backend::{Autodiff, Flex};
 use ember::pipeline::{
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let mut log = |line: &str| println!("{line}");
 
     // What PPO starts from: the SFT policy (also the KL reference) and the reward model.
-    let pipeline = Pipeline::new("runs/example-ppo", PipelineSettings::toy());
+    let pipeline = Pipeline::new("runs/example-ppo", PipelineSettings::quick());
     for stage in [
         Stage::Data,
         Stage::Pretrain,

@@ -1,9 +1,9 @@
 //! cargo run --release --example reward_model
 //!
 //! Stage 3 through the library: the SFT model's answers, ranked by the built-in tasks' judge
-//! (made first by the pipeline's own stages on a toy budget), train a reward model from the
-//! SFT model; it is then measured on held-out rankings and scores two answers. Seconds on a
-//! CPU; copy it as a template and give it your own rankings (`data`).
+//! (made first by the pipeline's own stages on a quick budget), train a reward model from the
+//! SFT model; it is then measured on held-out rankings and scores two answers. Under a minute
+//! on a CPU; copy it as a template and give it your own rankings (`data`).
 
 use burn::backend::{Autodiff, Flex};
 use ember::instruct::{Conversation, Message, OnError};
@@ -20,8 +20,8 @@ fn main() -> anyhow::Result<()> {
     let device = Default::default();
     let mut log = |line: &str| println!("{line}");
 
-    // What the reward model learns from: K ranked answers per prompt from a toy SFT model.
-    let pipeline = Pipeline::new("runs/example-reward", PipelineSettings::toy());
+    // What the reward model learns from: K ranked answers per prompt from a small SFT model.
+    let pipeline = Pipeline::new("runs/example-reward", PipelineSettings::quick());
     for stage in [Stage::Data, Stage::Pretrain, Stage::Sft, Stage::Collect] {
         if !pipeline.is_done(stage) {
             pipeline.run_stage::<B>(stage, &device, &mut log)?;
@@ -57,15 +57,16 @@ fn main() -> anyhow::Result<()> {
         "held-out rankings:\n{}",
         evaluation_table(&evaluation.overall)
     );
-    let question = Conversation::new(vec![Message::user("What is 2 + 3?")]);
-    let answers = ["5", "seven"].map(|a| (question.clone(), a.to_string()));
+    let question = "Spell the word: day";
+    let prompt = Conversation::new(vec![Message::user(question)]);
+    let answers = ["d-a-y", "d-a-y-s"].map(|a| (prompt.clone(), a.to_string()));
     for ((_, answer), (reward, _)) in answers.iter().zip(score_answers_with(
         &model,
         normalization,
         &template,
         &answers,
     )?) {
-        println!("What is 2 + 3? → {answer:?}: reward {reward:+.3}");
+        println!("{question} → {answer:?}: reward {reward:+.3}");
     }
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! cargo run --release --example sft
 //!
-//! Stage 2 through the library: a tiny pretrained model (made first by the pipeline's own
+//! Stage 2 through the library: a small pretrained model (made first by the pipeline's own
 //! data and pretraining stages) learns the built-in tasks' answers with SFT, then answers
-//! held-out prompts, scored by the tasks' judges. Seconds on a CPU; copy it as a template and
-//! give it your own conversations (`data`) and a real pretrained model folder.
+//! held-out prompts, scored by the tasks' judges. Under a minute on a CPU; copy it as a
+//! template and give it your own conversations (`data`) and a real pretrained model folder.
 
 use burn::backend::{Autodiff, Flex};
 use ember::instruct::OnError;
@@ -22,12 +22,7 @@ fn main() -> anyhow::Result<()> {
     let mut log = |line: &str| println!("{line}");
 
     // What SFT starts from: the built-in tasks' data and a small pretrained model.
-    let mut before = PipelineSettings::toy();
-    before.tasks.train_per_family = 100;
-    before.pretrain.model.d_model = Some(64);
-    before.pretrain.batch.batch_size = 8;
-    before.pretrain.train.steps = 150;
-    let pipeline = Pipeline::new("runs/example-sft", before);
+    let pipeline = Pipeline::new("runs/example-sft", PipelineSettings::quick());
     for stage in [Stage::Data, Stage::Pretrain] {
         if !pipeline.is_done(stage) {
             pipeline.run_stage::<B>(stage, &device, &mut log)?;

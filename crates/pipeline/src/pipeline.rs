@@ -127,6 +127,32 @@ impl PipelineSettings {
     }
 }
 
+impl PipelineSettings {
+    /// About half a minute of every stage on a CPU: the toy run with a 64-wide model and
+    /// enough steps for the SFT model to answer in the tasks' formats and the reward model
+    /// to rank by them — what the examples start from.
+    pub fn quick() -> Self {
+        let mut quick = Self::toy();
+        quick.tasks.train_per_family = 100;
+        quick.pretrain.model.d_model = Some(64);
+        quick.pretrain.batch.batch_size = 8;
+        quick.pretrain.train.steps = 150;
+        quick.pretrain.train.eval_every = std::num::NonZeroUsize::new(50);
+        quick.pretrain.train.checkpoint_every = std::num::NonZeroUsize::new(50);
+        quick.sft.batch.batch_size = 8;
+        quick.sft.train.steps = 200;
+        quick.sft.train.eval_every = std::num::NonZeroUsize::new(50);
+        quick.sft.train.checkpoint_every = std::num::NonZeroUsize::new(100);
+        quick.collect.per_family = 20;
+        quick.collect.k = 4;
+        quick.reward.batch.prompts_per_batch = 4;
+        quick.reward.train.steps = 40;
+        quick.reward.train.eval_every = std::num::NonZeroUsize::new(20);
+        quick.reward.train.checkpoint_every = std::num::NonZeroUsize::new(20);
+        quick
+    }
+}
+
 /// A stage of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {

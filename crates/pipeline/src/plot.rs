@@ -55,6 +55,15 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
+/// An x tick's label: whole numbers (steps, rollout batches) without decimals.
+fn tick(value: f64) -> String {
+    if (value - value.round()).abs() < 1e-9 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
 type Drawn<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn draw<DB: DrawingBackend>(
@@ -82,6 +91,7 @@ where
         .build_cartesian_2d(x0..x1, y0..y1)?;
     plot.configure_mesh()
         .x_desc(chart.x_label.as_str())
+        .x_label_formatter(&|x| tick(*x))
         .light_line_style(WHITE)
         .draw()?;
     if lines.iter().all(Vec::is_empty) {
@@ -183,7 +193,7 @@ mod tests {
         };
         let svg = render_svg(&[chart.clone(), chart.clone(), chart], 2).unwrap();
         assert!(svg.contains("width=\"1120\"") && svg.contains("height=\"720\""));
-        for text in ["pretraining loss", "step", "train", "val"] {
+        for text in ["pretraining loss", "step", "train", "val", "10", "40"] {
             assert!(
                 svg.contains(&format!(">\n{text}\n</text>")),
                 "{text} is written"

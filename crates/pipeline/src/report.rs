@@ -313,12 +313,8 @@ fn write_plots(run: &RunFolder, ppo: &Metrics, updates: f64) -> Result<()> {
         2,
     )?;
     let rollouts = |key: &str| by_iteration(ppo.curve(TRAIN, key), updates);
-    let evaluations = |key: &str| {
-        by_iteration(ppo.curve(VAL, key), updates)
-            .into_iter()
-            .map(|(i, v)| (i - 1.0, v))
-            .collect::<Vec<_>>()
-    };
+    // An evaluation after update step s has seen s / updates rollout batches.
+    let evaluations = |key: &str| by_iteration(ppo.curve(VAL, key), updates);
     write_svg(
         &plots.join("reward.svg"),
         &[
