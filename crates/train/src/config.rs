@@ -118,10 +118,18 @@ impl TrainConfig {
                 "betas must be in [0, 1), got {} and {}",
                 o.beta1, o.beta2
             ))
-        } else if o.eps <= 0.0 || o.weight_decay < 0.0 {
-            Some("eps must be positive and weight_decay non-negative".into())
-        } else if o.grad_clip.is_some_and(|c| c <= 0.0) {
-            Some("grad_clip must be positive".into())
+        } else if !(o.eps > 0.0 && o.eps.is_finite()) {
+            Some(format!("eps must be positive and finite, got {}", o.eps))
+        } else if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            Some(format!(
+                "weight_decay must be non-negative and finite, got {}",
+                o.weight_decay
+            ))
+        } else if o.grad_clip.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            Some(format!(
+                "grad_clip must be positive and finite, got {}",
+                o.grad_clip.unwrap_or_default()
+            ))
         } else if self.keep_checkpoints == 0 {
             Some("keep_checkpoints must be at least 1 (resuming needs one)".into())
         } else {
@@ -165,5 +173,23 @@ mod tests {
         };
         assert!(c.validate().is_err());
         assert!(TrainConfig::default().validate().is_ok());
+        // NaN fails every comparison, so each check must be written to fail on it.
+        let nan = f64::NAN;
+        let bad: [fn(&mut OptimizerConfig, f64); 6] = [
+            |o, v| o.lr = v,
+            |o, v| o.min_lr_ratio = v,
+            |o, v| o.beta1 = v as f32,
+            |o, v| o.eps = v as f32,
+            |o, v| o.weight_decay = v as f32,
+            |o, v| o.grad_clip = Some(v),
+        ];
+        for (i, set) in bad.iter().enumerate() {
+            for value in [nan, f64::INFINITY] {
+                let mut c = TrainConfig::default();
+                set(&mut c.optimizer, value);
+                let error = c.validate().map(|_| ()).unwrap_err().to_string();
+                assert!(error.contains("invalid configuration"), "{i}: {error}");
+            }
+        }
     }
 }
