@@ -143,6 +143,16 @@ pub fn collect<B: Backend>(job: &CollectJob, device: &B::Device) -> Result<Colle
         |n| progress.inc(n as u64),
     )?;
     progress.finish_and_clear();
+    if collected.rankings.is_empty() {
+        // Nothing to learn from: say so, and leave whatever the file held.
+        return Err(Error::Missing {
+            path: job.output.clone(),
+            reason: format!(
+                "no ranking collected ({} prompts with every answer tied, {} empty answers); the file was not written",
+                collected.all_tied, collected.empty_answers
+            ),
+        });
+    }
     write_rankings(&job.output, &collected.rankings)?;
     Ok(CollectReport {
         output: job.output.clone(),

@@ -322,6 +322,14 @@ pub fn score_answers_with<B: Backend>(
         .iter()
         .map(|(prompt, answer)| answer_row(template, prompt, answer))
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    let context = model.trunk().config().max_seq_len;
+    let too_long = rows.iter().filter(|row| row.len() > context).count();
+    if too_long > 0 {
+        return Err(Error::TooLong {
+            count: too_long,
+            context,
+        });
+    }
     let raw = score_rows(model, &rows, pad, 64)?;
     Ok(raw
         .into_iter()

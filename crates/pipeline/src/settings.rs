@@ -295,6 +295,44 @@ mod tests {
     }
 
     #[test]
+    fn a_typo_in_a_sampling_table_is_refused() {
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        struct Generation {
+            sampling: ember_transformer::Sampling,
+        }
+        impl Default for Generation {
+            fn default() -> Self {
+                Self {
+                    sampling: ember_transformer::Sampling::Temperature { temperature: 0.8 },
+                }
+            }
+        }
+        let path = Path::new("generation.toml");
+        let good: Generation = parse(
+            "[sampling]\nkind = \"top_k\"\nk = 4\ntemperature = 0.5\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(
+            good.sampling,
+            ember_transformer::Sampling::TopK {
+                k: 4,
+                temperature: 0.5
+            }
+        );
+        // A key the kind does not have (here top-p's `p` on a top-k table) is refused.
+        let error = parse::<Generation>(
+            "[sampling]\nkind = \"top_k\"\nk = 4\ntemperature = 0.5\np = 0.9\n",
+            path,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("unknown field `p`"), "{error}");
+        // (serde does not check a unit variant's extra keys: `kind = "greedy"` with a
+        // `temperature` still reads as greedy.)
+    }
+
+    #[test]
     fn merging_keeps_untouched_keys_and_replaces_a_table_of_another_kind() {
         let mut base: toml::Table =
             toml::from_str("a = 1\n[t]\nx = 1\ny = 2\n[k]\nkind = \"fixed\"\nbeta = 0.1\n")

@@ -93,9 +93,14 @@ pub fn collect_rankings<B: Backend>(
     mut labeler: impl FnMut(usize, &str) -> f64,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Collected> {
-    if config.k < 2 || config.batch_size == 0 || config.noise.is_nan() || config.noise < 0.0 {
+    if config.k < 2
+        || config.batch_size == 0
+        || config.max_new_tokens == 0
+        || !(config.noise >= 0.0 && config.noise.is_finite())
+    {
         return Err(Error::Config(
-            "collecting needs k ≥ 2, batch_size ≥ 1 and noise ≥ 0".into(),
+            "collecting needs k ≥ 2, batch_size ≥ 1, max_new_tokens ≥ 1 and a finite noise ≥ 0"
+                .into(),
         ));
     }
     let tokenizer = template.tokenizer();

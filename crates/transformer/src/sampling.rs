@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// How the next token is drawn. An enum, so that no invalid combination can be written.
+/// How the next token is drawn. An enum, so that no invalid combination can be written (and a
+/// settings table with a key its kind does not have is refused, not ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Sampling {
     /// The most likely token.
     Greedy,
