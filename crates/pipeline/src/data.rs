@@ -1,15 +1,15 @@
 //! The data stage: the built-in tasks' pretraining corpus, SFT conversations and held-out
 //! examples as files, and reading the held-out examples back for evaluation.
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
+use ember_instruct::formats::read_records;
 use ember_instruct::{Conversation, Message};
 use ember_tasks::{Example, Split, TaskSet};
 use ember_tokenizer::write_atomically;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// What the data stage draws from the built-in tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,22 +134,32 @@ pub fn export_tasks(
 /// Reads examples written by [`export_tasks`] (`heldout.jsonl`), in order.
 ///
 /// # Errors
-/// A missing file, or a line that is not an example (named by its line).
+/// A missing file, or a record that is not an example (named by its line).
 pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut examples = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let example = serde_json::from_str(&line).map_err(|e| Error::Missing {
-            path: path.to_path_buf(),
-            reason: format!("line {}: not a task example: {e}", i + 1),
-        })?;
-        examples.push(example);
-    }
-    Ok(examples)
+    read_jsonl(path)
+}
+
+/// Reads a JSONL file (or JSON array) of `T`s through `ember_instruct`'s record reader; a
+/// record that is not a `T` is [`ember_instruct::Error::BadRecord`] with its line.
+pub(crate) fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    read_records(path)?
+        .into_iter()
+        .map(|(line, record)| {
+            record
+                .and_then(|map| {
+                    serde_json::from_value(serde_json::Value::Object(map))
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|reason| {
+                    ember_instruct::Error::BadRecord {
+                        path: path.to_path_buf(),
+                        line,
+                        reason,
+                    }
+                    .into()
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,6 +183,11 @@ mod tests {
         assert_eq!(sft.lines().count(), exported.conversations);
         std::fs::write(dir.path().join("bad.jsonl"), "{\"family\": 1}\n").unwrap();
         let error = read_examples(&dir.path().join("bad.jsonl")).unwrap_err();
-        assert!(error.to_string().contains("line 1"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .ends_with("bad.jsonl:1: invalid type: integer `1`, expected a string"),
+            "{error}"
+        );
     }
 }

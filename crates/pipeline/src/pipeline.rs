@@ -125,9 +125,7 @@ impl PipelineSettings {
         toy.eval.max_new_tokens = 8;
         toy
     }
-}
 
-impl PipelineSettings {
     /// About half a minute of every stage on a CPU: the toy run with a 64-wide model and
     /// enough steps for the SFT model to answer in the tasks' formats and the reward model
     /// to rank by them — what the examples start from.

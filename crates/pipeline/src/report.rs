@@ -13,7 +13,7 @@ use ember_train::{MetricLine, MetricsLog};
 use crate::eval::Scored;
 use crate::plot::{write_svg, Chart, Series};
 use crate::summary::{read_answers, Policy, Summary};
-use crate::{Result, RunFolder, Timings};
+use crate::{Result, RunFolder, Stage, Timings};
 
 /// The lines of a stage's `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -91,11 +91,6 @@ pub struct ReportInputs<'a> {
     /// The PPO model's, on the same prompts.
     pub ppo_answers: &'a [Scored],
 }
-
-/// The stages whose time the report lists.
-const TIMED: [&str; 7] = [
-    "data", "pretrain", "sft", "collect", "reward", "ppo", "eval",
-];
 
 /// The report's markdown.
 pub fn markdown(inputs: &ReportInputs<'_>) -> String {
@@ -222,7 +217,12 @@ pub fn markdown(inputs: &ReportInputs<'_>) -> String {
     }
     md.push_str("\n## Time per stage\n\n| stage | seconds |\n|---|---:|\n");
     let mut total = 0.0;
-    for stage in TIMED {
+    // Every stage's time but the report's own (it is being written).
+    for stage in Stage::ALL
+        .iter()
+        .filter(|s| **s != Stage::Report)
+        .map(|s| s.name())
+    {
         if let Some(s) = inputs.timings.get(stage) {
             total += s;
             md.push_str(&format!("| {stage} | {s:.0} |\n"));

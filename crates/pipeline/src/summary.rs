@@ -295,9 +295,5 @@ fn write_answers(path: &Path, scored: &[Scored], rewards: &[f64]) -> Result<()> 
 /// # Errors
 /// A missing file or a line that is not an answer.
 pub fn read_answers(path: &Path) -> Result<Vec<Scored>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| Error::json(path, e)))
-        .collect()
+    crate::data::read_jsonl(path)
 }
