@@ -4,7 +4,8 @@
 
 use burn::backend::{Autodiff, Flex};
 use ember::pipeline::{
-    read_answers, read_examples, Decision, Pipeline, PipelineSettings, Policy, Stage, Summary,
+    read_answers, read_examples, read_prompt_scores, summarise_runs, Decision, Pipeline,
+    PipelineSettings, Policy, Stage, Summary,
 };
 
 type B = Autodiff<Flex>;
@@ -20,7 +21,7 @@ fn the_toy_pipeline_runs_resumes_and_evaluates_the_data_stages_prompts() {
         .run::<B>(&device, &mut |line| log.push(line.to_string()))
         .unwrap();
     let run = pipeline.folder();
-    for stage in &Stage::ALL[..7] {
+    for stage in &Stage::ALL[..9] {
         assert!(timings.contains_key(stage.name()), "{timings:?}");
         assert!(pipeline.is_done(*stage), "{}", stage.name());
     }
@@ -44,6 +45,49 @@ fn the_toy_pipeline_runs_resumes_and_evaluates_the_data_stages_prompts() {
         assert_eq!(sampled.n, examples.len() * settings.eval.samples);
     }
     assert_eq!(summary.ppo_vs_sft.total(), examples.len());
+    // Every model against SFT with intervals, from the per-prompt scores the files hold.
+    let sft = read_prompt_scores(&run.eval().join("sft.jsonl")).unwrap();
+    for policy in [Policy::Ppo, Policy::PpoJudge, Policy::SftFlawless] {
+        let versus = &summary.versus_sft[&policy];
+        let theirs =
+            read_prompt_scores(&run.eval().join(format!("{}.jsonl", policy.name()))).unwrap();
+        let gain = theirs
+            .iter()
+            .zip(&sft)
+            .map(|(a, b)| a.sampled.unwrap() - b.sampled.unwrap())
+            .sum::<f64>()
+            / sft.len() as f64;
+        let sampled = versus.all.sampled.unwrap().interval;
+        assert!((sampled.mean - gain).abs() < 1e-12, "{policy:?}");
+        assert!(sampled.low <= sampled.mean && sampled.mean <= sampled.high);
+        assert_eq!(versus.all.greedy.count.total(), examples.len());
+        assert_eq!(versus.families.len(), 8);
+    }
+    assert_eq!(
+        summary.versus_sft[&Policy::Ppo].all.greedy.count,
+        summary.ppo_vs_sft
+    );
+    // The data stage flawed the configured share of the demonstrations.
+    let flaws = run.data().read_flaws().unwrap();
+    assert_eq!(
+        flaws.flawed,
+        (settings.tasks.flaws.share * flaws.demonstrations as f64).round() as usize
+    );
+    // One run summed up as `ember report` does: the same gains as the run's own summary.
+    let runs = summarise_runs(&[run.root().to_path_buf()]).unwrap();
+    assert_eq!(runs.runs[0].versus_sft, summary.versus_sft);
+    let pooled = runs.pooled[&Policy::Ppo].all.sampled.unwrap().interval;
+    assert!(
+        (pooled.mean
+            - summary.versus_sft[&Policy::Ppo]
+                .all
+                .sampled
+                .unwrap()
+                .interval
+                .mean)
+            .abs()
+            < 1e-12
+    );
     let pairs: usize = summary
         .reward_model_by_family
         .values()
@@ -53,7 +97,11 @@ fn the_toy_pipeline_runs_resumes_and_evaluates_the_data_stages_prompts() {
     assert!(pairs > 0);
     let report = std::fs::read_to_string(run.report()).unwrap();
     assert!(
-        report.contains("| **all** |") && report.contains("win rate"),
+        report.contains("| **all** |")
+            && report.contains("win rate")
+            && report.contains("paired bootstrap 95 % intervals")
+            && report.contains("SFT, flawless data")
+            && report.contains("carry a flaw"),
         "{report}"
     );
     for plot in ["loss", "reward", "kl"] {
@@ -65,7 +113,7 @@ fn the_toy_pipeline_runs_resumes_and_evaluates_the_data_stages_prompts() {
     let again = Pipeline::new(run.root(), settings.clone());
     let plan = again.plan();
     assert!(
-        plan[..7].iter().all(|(_, d)| *d == Decision::Done),
+        plan[..9].iter().all(|(_, d)| *d == Decision::Done),
         "{plan:?}"
     );
     let mut log = Vec::new();
@@ -74,7 +122,7 @@ fn the_toy_pipeline_runs_resumes_and_evaluates_the_data_stages_prompts() {
         .unwrap();
     assert_eq!(timings_again, timings);
     assert!(
-        log.iter().any(|l| l.contains("7/8 eval: done already")),
+        log.iter().any(|l| l.contains("9/10 eval: done already")),
         "{log:?}"
     );
 
@@ -87,8 +135,32 @@ fn the_toy_pipeline_runs_resumes_and_evaluates_the_data_stages_prompts() {
         .filter(|(_, d)| *d == Decision::Run)
         .map(|(s, _)| s.name())
         .collect::<Vec<_>>();
-    assert_eq!(runs, ["ppo", "eval", "report"]);
+    assert_eq!(runs, ["ppo", "ppo_judge", "eval", "report"]);
     again.run::<B>(&device, &mut |_| {}).unwrap();
     let resumed = Summary::read(&run.eval().join("summary.json")).unwrap();
     assert_eq!(resumed, summary);
+}
+
+#[test]
+fn the_run_seed_offsets_every_stages_seed() {
+    let settings = PipelineSettings::default();
+    assert_eq!(settings.seeded(), settings);
+    let one = PipelineSettings {
+        seed: 1,
+        ..PipelineSettings::default()
+    }
+    .seeded();
+    assert_ne!(one.tasks.seed, settings.tasks.seed);
+    assert_ne!(one.pretrain.batch.seed, settings.pretrain.batch.seed);
+    assert_ne!(one.sft.batch.seed, settings.sft.batch.seed);
+    assert_ne!(one.collect.seed, settings.collect.seed);
+    assert_ne!(one.reward.batch.seed, settings.reward.batch.seed);
+    assert_ne!(one.ppo.ppo.seed, settings.ppo.ppo.seed);
+    assert_ne!(one.eval.seed, settings.eval.seed);
+    let two = PipelineSettings {
+        seed: 2,
+        ..PipelineSettings::default()
+    }
+    .seeded();
+    assert_ne!(one.tasks.seed, two.tasks.seed);
 }

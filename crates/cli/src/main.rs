@@ -21,6 +21,9 @@ enum Command {
     /// Every stage in order on the built-in tasks — data, pretraining, SFT, rankings, reward
     /// model, PPO, evaluation — into one run folder, with a report. Resumes where it stopped.
     Pipeline(commands::pipeline::Args),
+    /// Sum up several pipeline runs (seeds): per run and pooled, each model's gain over SFT
+    /// with paired bootstrap 95 % intervals over prompts, per family.
+    Report(commands::report::Args),
     /// Train a byte-level BPE tokenizer.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
@@ -52,8 +55,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TasksCommand {
-    /// Write `corpus.txt` (pretraining), `sft.jsonl` (training conversations) and
-    /// `heldout.jsonl` (evaluation prompts) for the built-in tasks.
+    /// Write `corpus.txt` (pretraining), `sft.jsonl` (training conversations, some of them
+    /// flawed), `sft_flawless.jsonl` and `heldout.jsonl` (evaluation prompts) for the
+    /// built-in tasks.
     Export(commands::tasks::ExportArgs),
 }
 
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tokenizer(TokenizerCommand::Train(args)) => commands::tokenizer::train(args),
         Command::Pipeline(args) => commands::pipeline::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Chat(args) => commands::chat::run(args),

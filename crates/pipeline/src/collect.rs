@@ -186,6 +186,8 @@ pub struct CollectSettings {
     /// training rankings; the held-out rankings stay the policy's answers only, which is what
     /// PPO asks the reward model to rank.
     pub demonstrations: bool,
+    /// Seed of the prompts, the answers and the noise.
+    pub seed: u64,
 }
 
 impl Default for CollectSettings {
@@ -198,13 +200,14 @@ impl Default for CollectSettings {
             noise: 0.0,
             closeness: 0.0,
             demonstrations: false,
+            seed: 1,
         }
     }
 }
 
 impl CollectSettings {
     /// The two collections of the pipeline: training rankings into `dir/train.jsonl`, then
-    /// held-out ones into `dir/heldout.jsonl`, both with seed 1.
+    /// held-out ones into `dir/heldout.jsonl`, both with the settings' seed.
     pub fn jobs(&self, model: &ModelFolder, dir: &Path, max_new_tokens: usize) -> [CollectJob; 2] {
         let job = |split: Split, per_family: usize, file: &str| CollectJob {
             model: model.clone(),
@@ -217,7 +220,7 @@ impl CollectSettings {
             noise: self.noise,
             closeness: self.closeness,
             demonstrations: self.demonstrations && split == Split::Train,
-            seed: 1,
+            seed: self.seed,
         };
         [
             job(Split::Train, self.per_family, "train.jsonl"),

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use ember_instruct::formats::read_records;
 use ember_instruct::{Conversation, Message};
-use ember_tasks::{Example, Split, TaskSet};
+use ember_tasks::{Example, Flaw, Flaws, Split, TaskSet};
 use ember_tokenizer::write_atomically;
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// What the data stage draws from the built-in tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct TasksSettings {
     pub train_per_family: usize,
     /// Seed of everything drawn.
     pub seed: u64,
+    /// The share of the SFT demonstrations with a flaw the labeler dislikes, and which flaws:
+    /// imperfect experts, so that rankings have something to teach (docs/tasks.md).
+    pub flaws: Flaws,
 }
 
 impl Default for TasksSettings {
@@ -30,6 +33,7 @@ impl Default for TasksSettings {
             corpus_sentences: 60_000,
             train_per_family: 400,
             seed: 0,
+            flaws: Flaws::default(),
         }
     }
 }
@@ -39,8 +43,13 @@ impl Default for TasksSettings {
 pub struct TaskData {
     /// Pretraining text.
     pub corpus: PathBuf,
-    /// SFT conversations, messages JSONL.
+    /// SFT conversations as the (imperfect) experts gave them, messages JSONL.
     pub sft: PathBuf,
+    /// The same prompts with the ideal answers: what flawless experts would have given (the
+    /// yardstick the report measures RLHF against).
+    pub sft_flawless: PathBuf,
+    /// How many demonstrations are flawed, and how ([`DemonstrationCounts`]).
+    pub flaws: PathBuf,
     /// Held-out examples (family, prompt, answer), JSONL: what the evaluation answers.
     pub heldout: PathBuf,
 }
@@ -51,13 +60,46 @@ impl TaskData {
         Self {
             corpus: dir.join("corpus.txt"),
             sft: dir.join("sft.jsonl"),
+            sft_flawless: dir.join("sft_flawless.jsonl"),
+            flaws: dir.join("flaws.json"),
             heldout: dir.join("heldout.jsonl"),
         }
     }
 
     /// Whether every file is there (the held-out file is written last).
     pub fn exists(&self) -> bool {
-        self.corpus.is_file() && self.sft.is_file() && self.heldout.is_file()
+        self.corpus.is_file()
+            && self.sft.is_file()
+            && self.sft_flawless.is_file()
+            && self.flaws.is_file()
+            && self.heldout.is_file()
+    }
+
+    /// The counts of flawed demonstrations.
+    ///
+    /// # Errors
+    /// A missing or damaged `flaws.json`.
+    pub fn read_flaws(&self) -> Result<DemonstrationCounts> {
+        let text = std::fs::read_to_string(&self.flaws).map_err(|e| Error::io(&self.flaws, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::json(&self.flaws, e))
+    }
+}
+
+/// How many SFT demonstrations are flawed, and how.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DemonstrationCounts {
+    /// Demonstrations.
+    pub demonstrations: usize,
+    /// Of which flawed.
+    pub flawed: usize,
+    /// Per flaw.
+    pub by_flaw: std::collections::BTreeMap<Flaw, usize>,
+}
+
+impl DemonstrationCounts {
+    /// The flawed share.
+    pub fn share(&self) -> f64 {
+        self.flawed as f64 / self.demonstrations.max(1) as f64
     }
 }
 
@@ -70,6 +112,8 @@ pub struct Exported {
     pub sentences: usize,
     /// SFT conversations.
     pub conversations: usize,
+    /// Flawed demonstrations among them.
+    pub flawed: usize,
     /// Held-out examples.
     pub heldout: usize,
 }
@@ -78,9 +122,10 @@ impl std::fmt::Display for Exported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "wrote corpus.txt ({} sentences), sft.jsonl ({} conversations) and heldout.jsonl ({} examples) to {}",
+            "wrote corpus.txt ({} sentences), sft.jsonl ({} conversations, {} of them flawed), sft_flawless.jsonl and heldout.jsonl ({} examples) to {}",
             self.sentences,
             self.conversations,
+            self.flawed,
             self.heldout,
             self.files
                 .corpus
@@ -105,17 +150,36 @@ pub fn export_tasks(
     let files = TaskData::in_dir(dir);
     let corpus = tasks.corpus(settings.corpus_sentences, settings.seed);
     write_atomically(&files.corpus, corpus.as_bytes())?;
-    let mut sft = String::new();
+    settings.flaws.validate().map_err(Error::Config)?;
     let train = tasks.examples(Split::Train, settings.train_per_family, settings.seed);
-    for example in &train {
-        let conversation = Conversation::new(vec![
-            Message::user(&example.prompt),
-            Message::assistant(&example.answer),
-        ]);
-        sft.push_str(&serde_json::to_string(&conversation).expect("conversations serialise"));
-        sft.push('\n');
+    let given = tasks.demonstrations(&train, &settings.flaws, settings.seed);
+    let conversations = |answer: &dyn Fn(&ember_tasks::Demonstration) -> String| {
+        let mut lines = String::new();
+        for demonstration in &given {
+            let conversation = Conversation::new(vec![
+                Message::user(&demonstration.example.prompt),
+                Message::assistant(answer(demonstration)),
+            ]);
+            lines.push_str(&serde_json::to_string(&conversation).expect("conversations serialise"));
+            lines.push('\n');
+        }
+        lines
+    };
+    write_atomically(&files.sft, conversations(&|d| d.given.clone()).as_bytes())?;
+    write_atomically(
+        &files.sft_flawless,
+        conversations(&|d| d.example.answer.clone()).as_bytes(),
+    )?;
+    let mut counts = DemonstrationCounts {
+        demonstrations: given.len(),
+        ..Default::default()
+    };
+    for flaw in given.iter().filter_map(|d| d.flaw) {
+        counts.flawed += 1;
+        *counts.by_flaw.entry(flaw).or_default() += 1;
     }
-    write_atomically(&files.sft, sft.as_bytes())?;
+    let json = serde_json::to_string_pretty(&counts).expect("counts serialise");
+    write_atomically(&files.flaws, json.as_bytes())?;
     let heldout = tasks.examples(Split::HeldOut, heldout_per_family, settings.seed);
     let mut held = String::new();
     for example in &heldout {
@@ -127,6 +191,7 @@ pub fn export_tasks(
         files,
         sentences: settings.corpus_sentences,
         conversations: train.len(),
+        flawed: counts.flawed,
         heldout: heldout.len(),
     })
 }
@@ -171,11 +236,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = TasksSettings {
             corpus_sentences: 20,
-            train_per_family: 2,
+            train_per_family: 10,
             seed: 3,
+            flaws: Flaws {
+                share: 0.25,
+                kinds: vec![Flaw::Ramble, Flaw::Wrong],
+            },
         };
         let exported = export_tasks(dir.path(), &settings, 2).unwrap();
         assert!(exported.files.exists());
+        let counts = exported.files.read_flaws().unwrap();
+        assert_eq!((counts.demonstrations, counts.flawed), (80, 20));
+        assert_eq!(counts.by_flaw.values().sum::<usize>(), 20);
+        assert_eq!(counts.share(), 0.25);
+        let flawed = std::fs::read_to_string(&exported.files.sft).unwrap();
+        let ideal = std::fs::read_to_string(&exported.files.sft_flawless).unwrap();
+        let differ = flawed
+            .lines()
+            .zip(ideal.lines())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differ, 20);
         let read = read_examples(&exported.files.heldout).unwrap();
         assert_eq!(read, TaskSet::builtin().examples(Split::HeldOut, 2, 3));
         assert_eq!(read.len(), exported.heldout);

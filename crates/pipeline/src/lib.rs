@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod collect;
+mod compare;
 mod data;
 mod error;
 mod eval;
@@ -11,12 +12,17 @@ mod ppo;
 mod pretrain;
 mod report;
 mod reward;
+mod seeds;
 pub mod settings;
 mod sft;
+pub mod stats;
 mod summary;
 
 pub use collect::{collect, CollectJob, CollectReport, CollectSettings};
-pub use data::{export_tasks, read_examples, Exported, TaskData, TasksSettings};
+pub use compare::{compare, gap_closed, Comparison, Gain, Gains, Paired, PromptScore};
+pub use data::{
+    export_tasks, read_examples, DemonstrationCounts, Exported, TaskData, TasksSettings,
+};
 pub use error::{Error, Result};
 pub use eval::{score_answers, Answering, FamilyScore, JudgeScores, Scored, WinTieLoss};
 pub use folder::{ModelFolder, TOKENIZER_FILE};
@@ -32,9 +38,10 @@ pub use reward::{
     evaluate_reward_model, evaluation_table, load_rankings, score_answers_with, train_reward_model,
     NormalizationKind, RewardEvaluation, RewardSettings, RewardTrained,
 };
+pub use seeds::{runs_markdown, summarise_runs, write_runs_report, RunResult, Runs};
 pub use settings::{ModelSettings, Preset};
 pub use sft::{sft, SftSettings, TuneInputs, Tuned};
 pub use summary::{
-    evaluate_pipeline, read_answers, EvalInputs, EvalSettings, Policy, PolicyEval, RewardAccuracy,
-    SampledAnswers, Summary,
+    evaluate_pipeline, read_answers, read_prompt_scores, EvalInputs, EvalSettings, Policy,
+    PolicyEval, RewardAccuracy, SampledAnswers, Summary,
 };

@@ -22,6 +22,11 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSettings {
+    /// The run's seed: every stage's own seed is offset by it ([`PipelineSettings::seeded`]),
+    /// so runs with seeds 0, 1, 2 differ in every random choice — the data, the flawed
+    /// demonstrations, the initial weights, the batches, the sampled answers — and seed 0 is
+    /// the stages' own seeds.
+    pub seed: u64,
     /// The data.
     pub tasks: TasksSettings,
     /// Stage 1.
@@ -36,6 +41,9 @@ pub struct PipelineSettings {
     pub ppo: PpoSettings,
     /// The evaluation.
     pub eval: EvalSettings,
+    /// Run PPO a second time with the judge itself as the reward (a perfect reward model):
+    /// the upper bound the report quotes.
+    pub upper_bound: bool,
 }
 
 impl Default for PipelineSettings {
@@ -66,6 +74,7 @@ impl Default for PipelineSettings {
         let mut ppo = PpoSettings::default();
         ppo.optimizer.lr = 3e-5;
         Self {
+            seed: 0,
             tasks: TasksSettings::default(),
             pretrain,
             sft,
@@ -73,11 +82,27 @@ impl Default for PipelineSettings {
             reward,
             ppo,
             eval: EvalSettings::default(),
+            upper_bound: true,
         }
     }
 }
 
 impl PipelineSettings {
+    /// The settings each stage runs with: every stage's seed offset by the run's seed
+    /// (unchanged for seed 0).
+    pub fn seeded(&self) -> Self {
+        let offset = |own: u64| own.wrapping_add(self.seed.wrapping_mul(1_000_003));
+        let mut seeded = self.clone();
+        seeded.tasks.seed = offset(self.tasks.seed);
+        seeded.pretrain.batch.seed = offset(self.pretrain.batch.seed);
+        seeded.sft.batch.seed = offset(self.sft.batch.seed);
+        seeded.collect.seed = offset(self.collect.seed);
+        seeded.reward.batch.seed = offset(self.reward.batch.seed);
+        seeded.ppo.ppo.seed = offset(self.ppo.ppo.seed);
+        seeded.eval.seed = offset(self.eval.seed);
+        seeded
+    }
+
     /// A toy run of every stage in seconds on a CPU (a 2-layer, 32-wide model, a few steps of
     /// each stage): for tests, the examples and trying the plumbing, not for results.
     pub fn toy() -> Self {
@@ -85,7 +110,7 @@ impl PipelineSettings {
             tasks: TasksSettings {
                 corpus_sentences: 3000,
                 train_per_family: 24,
-                seed: 0,
+                ..TasksSettings::default()
             },
             ..Self::default()
         };
@@ -160,12 +185,16 @@ pub enum Stage {
     Pretrain,
     /// Stage 2: instruction tuning.
     Sft,
+    /// The yardstick: stage 2 again on flawless demonstrations.
+    SftFlawless,
     /// K answers per prompt from the SFT model, ranked by the judge.
     Collect,
     /// Stage 3: the reward model.
     Reward,
     /// Stage 4: PPO.
     Ppo,
+    /// The upper bound: PPO with the judge as the reward (when `upper_bound` is set).
+    PpoJudge,
     /// The held-out evaluation of every model.
     Eval,
     /// `report.md` and the plots (always written anew).
@@ -174,13 +203,15 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Data,
         Stage::Pretrain,
         Stage::Sft,
+        Stage::SftFlawless,
         Stage::Collect,
         Stage::Reward,
         Stage::Ppo,
+        Stage::PpoJudge,
         Stage::Eval,
         Stage::Report,
     ];
@@ -191,9 +222,11 @@ impl Stage {
             Stage::Data => "data",
             Stage::Pretrain => "pretrain",
             Stage::Sft => "sft",
+            Stage::SftFlawless => "sft_flawless",
             Stage::Collect => "collect",
             Stage::Reward => "reward",
             Stage::Ppo => "ppo",
+            Stage::PpoJudge => "ppo_judge",
             Stage::Eval => "eval",
             Stage::Report => "report",
         }
@@ -323,9 +356,11 @@ impl Pipeline {
             Stage::Data => run.data().exists(),
             Stage::Pretrain => run.model(Policy::Base).exists(),
             Stage::Sft => run.model(Policy::Sft).exists(),
+            Stage::SftFlawless => run.model(Policy::SftFlawless).exists(),
             Stage::Collect => run.rankings().join("heldout.jsonl").is_file(),
             Stage::Reward => run.reward_model().holds_reward_model(),
             Stage::Ppo => run.model(Policy::Ppo).exists(),
+            Stage::PpoJudge => !self.settings.upper_bound || run.model(Policy::PpoJudge).exists(),
             // A summary this version cannot read (an older run folder's) is made again.
             Stage::Eval => Summary::read(&run.eval().join("summary.json")).is_ok(),
             Stage::Report => false,
@@ -395,7 +430,7 @@ impl Pipeline {
         log: &mut dyn FnMut(&str),
     ) -> Result<()> {
         let run = &self.folder;
-        let settings = &self.settings;
+        let settings = &self.settings.seeded();
         let data = run.data();
         match stage {
             Stage::Data => {
@@ -423,6 +458,17 @@ impl Pipeline {
                 let done = sft::<B>(&inputs, &settings.sft, device, log)?;
                 log(&done.to_string());
             }
+            Stage::SftFlawless => {
+                let inputs = TuneInputs {
+                    model: run.model(Policy::Base),
+                    data: data.sft_flawless.clone(),
+                    val: None,
+                    run: run.stage(Policy::SftFlawless.name()),
+                    on_error: OnError::Stop,
+                };
+                let done = sft::<B>(&inputs, &settings.sft, device, log)?;
+                log(&done.to_string());
+            }
             Stage::Collect => {
                 let jobs = settings.collect.jobs(
                     &run.model(Policy::Sft),
@@ -445,20 +491,33 @@ impl Pipeline {
                 let done = train_reward_model::<B>(&inputs, &settings.reward, device, log)?;
                 log(&done.to_string());
             }
-            Stage::Ppo => {
+            Stage::Ppo | Stage::PpoJudge => {
+                let policy = if stage == Stage::Ppo {
+                    Policy::Ppo
+                } else if settings.upper_bound {
+                    Policy::PpoJudge
+                } else {
+                    return Ok(());
+                };
                 let inputs = PpoInputs {
                     policy: run.model(Policy::Sft),
                     reward: run.reward_model(),
                     prompts: PromptSource::Tasks,
                     ptx_shards: Some(run.stage(Policy::Base.name()).join("shards")),
-                    run: run.stage(Policy::Ppo.name()),
+                    run: run.stage(policy.name()),
                 };
-                let done = ppo::<B>(&inputs, &settings.ppo, device, log)?;
+                let mut ppo_settings = settings.ppo.clone();
+                ppo_settings.ppo.judge_as_reward |= policy == Policy::PpoJudge;
+                let done = ppo::<B>(&inputs, &ppo_settings, device, log)?;
                 log(&done.to_string());
             }
             Stage::Eval => {
                 let inputs = EvalInputs {
-                    models: Policy::ALL.iter().map(|&p| (p, run.model(p))).collect(),
+                    models: Policy::ALL
+                        .iter()
+                        .filter(|&&p| p != Policy::PpoJudge || settings.upper_bound)
+                        .map(|&p| (p, run.model(p)))
+                        .collect(),
                     reward: run.reward_model(),
                     rankings: run.rankings().join("heldout.jsonl"),
                     examples: read_examples(&data.heldout)?,
@@ -468,7 +527,7 @@ impl Pipeline {
             }
             Stage::Report => {
                 let updates = settings.ppo.ppo.updates_per_rollout();
-                let markdown = write_report(run, updates)?;
+                let markdown = write_report(run, updates, settings.seed)?;
                 log(&markdown);
             }
         }

@@ -273,7 +273,12 @@ pub fn ppo<B: AutodiffBackend>(
             Some(task_judge()),
         ),
     };
-    let eval_prompts = task_prompts(&template, Split::HeldOut, settings.eval_per_family, 0)?;
+    let eval_prompts = task_prompts(
+        &template,
+        Split::HeldOut,
+        settings.eval_per_family,
+        settings.ppo.seed,
+    )?;
     let environment = Environment {
         reference,
         reward,

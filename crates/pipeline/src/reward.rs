@@ -200,6 +200,8 @@ pub fn train_reward_model<B: AutodiffBackend>(
     let head_std = settings
         .head_std
         .unwrap_or_else(|| default_head_std(trunk.config().d_model));
+    // The head's initial weights follow the batches' seed.
+    B::seed(device, settings.batch.seed);
     let mut model = RewardModel::new(trunk, head_std);
     if settings.likelihood {
         model = model.with_likelihood(template.answer_start_token(), settings.likelihood_weight);

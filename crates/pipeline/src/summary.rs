@@ -10,8 +10,10 @@ use ember_reward::read_rankings;
 use ember_tasks::{Example, TaskSet};
 use serde::{Deserialize, Serialize};
 
+use crate::compare::{compare, gap_closed, Comparison, PromptScore};
 use crate::eval::{score_answers, Answering, JudgeScores, Scored, WinTieLoss};
 use crate::reward::{evaluate_reward_model, score_answers_with};
+use crate::stats::Interval;
 use crate::{Error, ModelFolder, Result};
 
 /// The models the pipeline evaluates.
@@ -20,22 +22,35 @@ use crate::{Error, ModelFolder, Result};
 pub enum Policy {
     /// The pretrained model.
     Base,
-    /// The instruction-tuned model.
+    /// The instruction-tuned model, on the demonstrations as the (imperfect) experts gave
+    /// them.
     Sft,
+    /// The yardstick: the same SFT on the same prompts with flawless demonstrations.
+    SftFlawless,
     /// The model after RLHF.
     Ppo,
+    /// The upper bound: PPO with the judge itself as the reward (a perfect reward model).
+    PpoJudge,
 }
 
 impl Policy {
     /// All of them, in pipeline order.
-    pub const ALL: [Policy; 3] = [Policy::Base, Policy::Sft, Policy::Ppo];
+    pub const ALL: [Policy; 5] = [
+        Policy::Base,
+        Policy::Sft,
+        Policy::SftFlawless,
+        Policy::Ppo,
+        Policy::PpoJudge,
+    ];
 
     /// The name of its stage folder and of its answers' file (`eval/{name}.jsonl`).
     pub fn name(self) -> &'static str {
         match self {
             Policy::Base => "base",
             Policy::Sft => "sft",
+            Policy::SftFlawless => "sft_flawless",
             Policy::Ppo => "ppo",
+            Policy::PpoJudge => "ppo_judge",
         }
     }
 
@@ -44,7 +59,9 @@ impl Policy {
         match self {
             Policy::Base => "base",
             Policy::Sft => "SFT",
+            Policy::SftFlawless => "SFT, flawless data",
             Policy::Ppo => "PPO",
+            Policy::PpoJudge => "PPO, judge as reward",
         }
     }
 }
@@ -97,6 +114,15 @@ pub struct Summary {
     pub reward_model_by_family: BTreeMap<String, RewardAccuracy>,
     /// How the sampled answers were drawn; `None` without a sampled evaluation.
     pub sampling: Option<SampledAnswers>,
+    /// Models against the SFT model, prompt by prompt with paired bootstrap intervals:
+    /// `ppo`, `ppo_judge` (the upper bound) and `sft_flawless` (the yardstick), by the
+    /// first model's name.
+    pub versus_sft: BTreeMap<Policy, Comparison>,
+    /// The share of the gap between SFT and SFT on flawless data that PPO closes, on the
+    /// sampled answers (greedy without them), with its interval.
+    pub gap_closed: Option<Interval>,
+    /// The same for the upper bound, PPO with the judge as the reward.
+    pub gap_closed_by_judge: Option<Interval>,
 }
 
 impl Summary {
@@ -141,15 +167,18 @@ pub struct EvalSettings {
     pub samples: usize,
     /// Their temperature; PPO's sampling temperature is what it optimises.
     pub temperature: f32,
+    /// Seed of the sampled answers.
+    pub seed: u64,
 }
 
 impl Default for EvalSettings {
     fn default() -> Self {
         Self {
-            per_family: 20,
+            per_family: 25,
             max_new_tokens: 32,
-            samples: 4,
+            samples: 8,
             temperature: 1.0,
+            seed: 0,
         }
     }
 }
@@ -191,7 +220,7 @@ pub fn evaluate_pipeline<B: Backend>(
     let sampled = Answering {
         temperature: settings.temperature,
         samples: settings.samples,
-        seed: 0,
+        seed: settings.seed,
         max_new_tokens: settings.max_new_tokens,
         batch_size: 64,
     };
@@ -204,6 +233,7 @@ pub fn evaluate_pipeline<B: Backend>(
     };
     std::fs::create_dir_all(&inputs.out).map_err(|e| Error::io(&inputs.out, e))?;
     let mut answers: BTreeMap<Policy, Vec<Scored>> = BTreeMap::new();
+    let mut per_prompt: BTreeMap<Policy, Vec<PromptScore>> = BTreeMap::new();
     for (&policy, folder) in &inputs.models {
         let name = policy.name();
         let model = folder.load::<B>(device)?;
@@ -214,7 +244,7 @@ pub fn evaluate_pipeline<B: Backend>(
             &inputs.examples,
             &Answering::greedy(settings.max_new_tokens),
         )?;
-        let sampled = if settings.samples > 0 {
+        let (sampled, sampled_means) = if settings.samples > 0 {
             let scored = score_answers(&model, &template, &tasks, &inputs.examples, &sampled)?;
             let scores = JudgeScores::of(&scored);
             log(&format!(
@@ -223,9 +253,14 @@ pub fn evaluate_pipeline<B: Backend>(
                 scored.len(),
                 settings.temperature
             ));
-            Some(scores)
+            // score_answers keeps each prompt's samples together, in the examples' order.
+            let means = scored
+                .chunks(settings.samples)
+                .map(|c| c.iter().map(|s| s.score).sum::<f64>() / c.len() as f64)
+                .collect::<Vec<_>>();
+            (Some(scores), Some(means))
         } else {
-            None
+            (None, None)
         };
         let pairs = greedy
             .iter()
@@ -238,7 +273,13 @@ pub fn evaluate_pipeline<B: Backend>(
             .into_iter()
             .map(|(normalised, _)| normalised)
             .collect::<Vec<_>>();
-        write_answers(&inputs.out.join(format!("{name}.jsonl")), &greedy, &rewards)?;
+        write_answers(
+            &inputs.out.join(format!("{name}.jsonl")),
+            &greedy,
+            &rewards,
+            sampled_means.as_deref(),
+        )?;
+        per_prompt.insert(policy, prompt_scores(&greedy, sampled_means.as_deref()));
         let greedy_scores = JudgeScores::of(&greedy);
         log(&format!(
             "{name}: mean judge score {:.3} on {} held-out prompts",
@@ -257,6 +298,28 @@ pub fn evaluate_pipeline<B: Backend>(
     }
     if let (Some(ppo), Some(sft)) = (answers.get(&Policy::Ppo), answers.get(&Policy::Sft)) {
         summary.ppo_vs_sft = WinTieLoss::compare(ppo, sft);
+    }
+    if let Some(sft) = per_prompt.get(&Policy::Sft) {
+        for (&policy, scores) in &per_prompt {
+            if matches!(policy, Policy::Ppo | Policy::PpoJudge | Policy::SftFlawless) {
+                let comparison = compare(&[(scores, sft)], settings.seed)?;
+                summary.versus_sft.insert(policy, comparison);
+            }
+        }
+        if let Some(flawless) = per_prompt.get(&Policy::SftFlawless) {
+            let closed = |tuned: Policy| -> Result<Option<Interval>> {
+                let Some(tuned) = per_prompt.get(&tuned) else {
+                    return Ok(None);
+                };
+                gap_closed(
+                    &[(sft, flawless, tuned)],
+                    settings.samples > 0,
+                    settings.seed,
+                )
+            };
+            summary.gap_closed = closed(Policy::Ppo)?;
+            summary.gap_closed_by_judge = closed(Policy::PpoJudge)?;
+        }
     }
     let held = read_rankings(&inputs.rankings, OnError::Stop)?.rankings;
     let evaluation = evaluate_reward_model(&reward_model, &template, held)?;
@@ -277,12 +340,43 @@ pub fn evaluate_pipeline<B: Backend>(
     Ok(summary)
 }
 
-/// Every answer with the judge's and the reward model's score, JSONL.
-fn write_answers(path: &Path, scored: &[Scored], rewards: &[f64]) -> Result<()> {
+/// Each prompt's greedy score and mean sampled score.
+fn prompt_scores(greedy: &[Scored], sampled: Option<&[f64]>) -> Vec<PromptScore> {
+    greedy
+        .iter()
+        .enumerate()
+        .map(|(i, s)| PromptScore {
+            family: s.example.family.clone(),
+            prompt: s.example.prompt.clone(),
+            greedy: s.score,
+            sampled: sampled.map(|m| m[i]),
+        })
+        .collect()
+}
+
+/// Reads each prompt's scores from a model's `eval/{model}.jsonl`.
+///
+/// # Errors
+/// A missing file or a line that is not an answer.
+pub fn read_prompt_scores(path: &Path) -> Result<Vec<PromptScore>> {
+    crate::data::read_jsonl(path)
+}
+
+/// Every greedy answer with the judge's and the reward model's score, and the prompt's mean
+/// judge score over its sampled answers, JSONL.
+fn write_answers(
+    path: &Path,
+    scored: &[Scored],
+    rewards: &[f64],
+    sampled: Option<&[f64]>,
+) -> Result<()> {
     let mut lines = String::new();
-    for (s, r) in scored.iter().zip(rewards) {
+    for (i, (s, r)) in scored.iter().zip(rewards).enumerate() {
         let mut value = serde_json::to_value(s).expect("answers serialise");
         value["reward"] = serde_json::json!(r);
+        if let Some(means) = sampled {
+            value["sampled"] = serde_json::json!(means[i]);
+        }
         lines.push_str(&value.to_string());
         lines.push('\n');
     }

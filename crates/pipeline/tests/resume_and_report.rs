@@ -39,6 +39,8 @@ fn a_stage_is_done_only_when_its_output_is_complete() {
     touch(root, &["data/corpus.txt", "data/sft.jsonl"]);
     assert!(!pipeline.is_done(Stage::Data));
     touch(root, &["data/heldout.jsonl"]);
+    assert!(!pipeline.is_done(Stage::Data));
+    touch(root, &["data/sft_flawless.jsonl", "data/flaws.json"]);
     assert!(pipeline.is_done(Stage::Data));
 
     // A model folder without its tokenizer is a save cut short: pretraining runs again.
@@ -56,6 +58,8 @@ fn a_stage_is_done_only_when_its_output_is_complete() {
         &[
             "sft/model/model.mpk",
             "sft/model/tokenizer.json",
+            "sft_flawless/model/model.mpk",
+            "sft_flawless/model/tokenizer.json",
             "rankings/train.jsonl",
             "reward/model/model.mpk",
             "reward/model/tokenizer.json",
@@ -64,19 +68,36 @@ fn a_stage_is_done_only_when_its_output_is_complete() {
     assert!(!pipeline.is_done(Stage::Reward));
     assert_eq!(
         to_run(&pipeline),
-        ["collect", "reward", "ppo", "eval", "report"]
+        ["collect", "reward", "ppo", "ppo_judge", "eval", "report"]
     );
     touch(
         root,
         &["rankings/heldout.jsonl", "reward/model/reward.json"],
     );
-    assert_eq!(to_run(&pipeline), ["ppo", "eval", "report"]);
+    assert_eq!(to_run(&pipeline), ["ppo", "ppo_judge", "eval", "report"]);
     touch(
         root,
         &[
             "ppo/model/model.mpk",
             "ppo/model/tokenizer.json",
             "eval/summary.json",
+        ],
+    );
+    // The upper bound is a stage only when asked for.
+    assert_eq!(to_run(&pipeline), ["ppo_judge", "eval", "report"]);
+    let without = Pipeline::new(
+        root,
+        PipelineSettings {
+            upper_bound: false,
+            ..PipelineSettings::toy()
+        },
+    );
+    assert_eq!(to_run(&without), ["eval", "report"]);
+    touch(
+        root,
+        &[
+            "ppo_judge/model/model.mpk",
+            "ppo_judge/model/tokenizer.json",
         ],
     );
     // A summary that does not read as one (empty here; an older version's) is made again.
@@ -91,7 +112,7 @@ fn a_stage_is_done_only_when_its_output_is_complete() {
     // the evaluation on disk is of the model that was.
     std::fs::remove_dir_all(root.join("ppo/model")).unwrap();
     assert!(pipeline.is_done(Stage::Eval));
-    assert_eq!(to_run(&pipeline), ["ppo", "eval", "report"]);
+    assert_eq!(to_run(&pipeline), ["ppo", "ppo_judge", "eval", "report"]);
     std::fs::remove_file(root.join("data/heldout.jsonl")).unwrap();
     assert_eq!(to_run(&pipeline), Stage::ALL.map(Stage::name).to_vec());
 }
@@ -183,6 +204,7 @@ fn the_report_tables_come_from_the_summary() {
             samples: 4,
             temperature: 1.0,
         }),
+        ..Default::default()
     };
     let timings = Timings::from([
         ("data".to_string(), 1.0),
@@ -211,6 +233,9 @@ fn the_report_tables_come_from_the_summary() {
         }),
         sft_answers: &sft,
         ppo_answers: &ppo,
+        demonstrations: None,
+        seed: 0,
+        agreement: Some(((0.25, 0.5), (0.1, 0.875))),
     });
     for line in [
         "| count | 0.000 | 0.550 | 1.000 | +0.450 | 100.0% (4) |",
@@ -227,6 +252,8 @@ fn the_report_tables_come_from_the_summary() {
         "| reward-model score of PPO's held-out answers (normalised) | +0.500 |",
         "| final KL to the SFT model (per answer, last rollout batch) | 0.250 |",
         "| final β | 0.0500 |",
+        "| PPO rollouts: prompts whose answers the judge all tied (no signal), first / last batch | 25 % / 10 % |",
+        "| reward model's pairwise accuracy on PPO's own samples (against the judge), first / last batch | 50.0 % / 87.5 % |",
         "| final mean answer length (tokens) / share cut off | 5.5 / 12.5% |",
         "| data | 1 |",
         "| pretrain | 50 |",

@@ -17,6 +17,12 @@ pub const CUT_OFF: &str = "cut_off";
 pub const EXPLAINED_VARIANCE: &str = "explained_variance";
 /// The judge's mean score of the answers (with a judge).
 pub const JUDGE: &str = "judge";
+/// The share of a rollout's prompts whose answers all got the same judge score: no signal.
+pub const JUDGE_TIED: &str = "judge_tied";
+/// Over the pairs of answers to one prompt that the judge orders, the share the reward
+/// model orders the same way: its accuracy on the policy's own samples, where
+/// over-optimisation shows first (1 when the judge is the reward).
+pub const REWARD_ACCURACY: &str = "reward_accuracy";
 /// The KL coefficient β the rollout was scored with.
 pub const KL_COEF: &str = "kl_coef";
 /// Seconds the rollout took.

@@ -299,13 +299,98 @@ pub fn rollout_metrics(samples: &[Sample]) -> Vec<(String, f64)> {
             metric::JUDGE.into(),
             mean(samples.iter().filter_map(|s| s.judge)),
         ));
+        let (tied, accuracy) = judge_agreement(samples);
+        metrics.push((metric::JUDGE_TIED.into(), tied));
+        if let Some(accuracy) = accuracy {
+            metrics.push((metric::REWARD_ACCURACY.into(), accuracy));
+        }
     }
     metrics
+}
+
+/// Over the prompts of a rollout batch: the share whose answers all got the same judge score
+/// (no signal to learn from), and over the pairs of answers to one prompt that the judge
+/// orders, the share the reward model's scores order the same way (`None` without such a
+/// pair). Answers without a judge's score are left out.
+pub fn judge_agreement(samples: &[Sample]) -> (f64, Option<f64>) {
+    let mut groups: std::collections::BTreeMap<usize, Vec<(f64, f64)>> = Default::default();
+    for s in samples {
+        if let Some(judge) = s.judge {
+            groups.entry(s.prompt).or_default().push((judge, s.score));
+        }
+    }
+    let tied = groups
+        .values()
+        .filter(|g| g.iter().all(|(j, _)| *j == g[0].0))
+        .count();
+    let (mut agree, mut pairs) = (0.0, 0usize);
+    for group in groups.values() {
+        for (i, a) in group.iter().enumerate() {
+            for b in &group[i + 1..] {
+                if a.0 == b.0 {
+                    continue;
+                }
+                pairs += 1;
+                let same = (a.0 - b.0).signum() == (a.1 - b.1).signum();
+                // A tie of the reward model's scores is half right.
+                agree += if a.1 == b.1 {
+                    0.5
+                } else {
+                    f64::from(u8::from(same))
+                };
+            }
+        }
+    }
+    (
+        tied as f64 / groups.len().max(1) as f64,
+        (pairs > 0).then(|| agree / pairs as f64),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn judged(prompt: usize, judge: f64, score: f64) -> Sample {
+        Sample {
+            prompt,
+            row: vec![],
+            prompt_len: 0,
+            finished: true,
+            answer: String::new(),
+            score,
+            shaped: score,
+            old_logp: vec![],
+            ref_logp: vec![],
+            values: vec![],
+            kl: vec![],
+            advantages: vec![],
+            returns: vec![],
+            entropy: vec![],
+            judge: Some(judge),
+        }
+    }
+
+    #[test]
+    fn agreement_with_the_judge_counts_tied_prompts_and_ordered_pairs() {
+        let samples = [
+            // Prompt 0: the judge orders 3 pairs; the reward model gets (1.0 > 0.1) and
+            // (1.0 > 0.0) right and (0.1 > 0.0) wrong.
+            judged(0, 1.0, 2.0),
+            judged(0, 0.1, -1.0),
+            judged(0, 0.0, 0.5),
+            // Prompt 1: every answer tied: no signal, no pair.
+            judged(1, 0.6, 0.3),
+            judged(1, 0.6, 0.9),
+            // Prompt 2: one pair, the reward model ties it (half right).
+            judged(2, 1.0, 0.2),
+            judged(2, 0.6, 0.2),
+        ];
+        let (tied, accuracy) = judge_agreement(&samples);
+        assert!((tied - 1.0 / 3.0).abs() < 1e-12);
+        assert!((accuracy.unwrap() - 2.5 / 4.0).abs() < 1e-12);
+        assert_eq!(judge_agreement(&samples[3..5]), (1.0, None));
+    }
 
     #[test]
     fn the_leave_one_out_baseline_is_the_mean_of_the_siblings() {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod families;
+mod flaws;
 mod judge;
 mod words;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use families::{
     Arithmetic, Compare, CountLetters, Describe, Reverse, SortNumbers, Spell, Translate,
 };
+pub use flaws::{near_miss, Demonstration, Flaw, Flaws, PLEASANTRIES};
 pub use judge::{closeness, grade, repeats};
 pub use words::{FACTS, WORDS};
 
@@ -42,6 +44,14 @@ pub trait Task: Send + Sync {
     /// otherwise). `None` if the prompt is not one of this family's.
     fn score(&self, prompt: &str, answer: &str) -> Option<f64> {
         Some(grade(answer, &self.reference(prompt)?))
+    }
+
+    /// A plausible wrong answer to `prompt` whose right answer is `answer`, for flawed
+    /// demonstrations ([`Flaw::Wrong`]): by default [`near_miss`] of the answer; `None` if
+    /// there is none.
+    fn near_miss(&self, prompt: &str, answer: &str, rng: &mut StdRng) -> Option<String> {
+        let _ = prompt;
+        near_miss(answer, rng)
     }
 
     /// Sentences in the same world, for the pretraining corpus: the facts and words the
@@ -141,6 +151,14 @@ impl TaskSet {
             }
         }
         out
+    }
+
+    /// The family named `name`.
+    pub fn task(&self, name: &str) -> Option<&dyn Task> {
+        self.tasks
+            .iter()
+            .find(|t| t.name() == name)
+            .map(|t| t.as_ref())
     }
 
     /// The score of `answer` to `prompt` by the family named `family`; `None` for an unknown

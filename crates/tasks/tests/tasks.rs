@@ -209,10 +209,117 @@ fn the_corpus_carries_the_tasks_vocabulary() {
     ] {
         assert!(corpus.contains(needle), "{needle}");
     }
+    // Small numbers (arithmetic below 20, sorting below 20) repeat some sentences.
     let lines = corpus.lines().collect::<HashSet<_>>();
-    assert!(
-        lines.len() > 1000,
-        "only {} distinct sentences",
-        lines.len()
+    assert!(lines.len() > 800, "only {} distinct sentences", lines.len());
+}
+
+#[test]
+fn the_flawed_share_is_the_configured_one_and_each_flaw_costs_marks() {
+    use ember_tasks::{Flaw, Flaws};
+    let tasks = TaskSet::builtin();
+    let examples = tasks.examples(Split::Train, 50, 4);
+    for (share, kinds) in [
+        (0.0, vec![Flaw::Ramble]),
+        (0.3, vec![Flaw::Ramble]),
+        (0.5, vec![Flaw::Ramble, Flaw::Wrong]),
+        (1.0, vec![Flaw::Wrong]),
+    ] {
+        let flaws = Flaws { share, kinds };
+        flaws.validate().unwrap();
+        let given = tasks.demonstrations(&examples, &flaws, 4);
+        assert_eq!(given.len(), examples.len());
+        let flawed = given.iter().filter(|d| d.flaw.is_some()).count();
+        // Every built-in answer has a near miss, so the share is exact (to one demonstration).
+        assert_eq!(flawed, (share * examples.len() as f64).round() as usize);
+        for d in &given {
+            assert_eq!(
+                d.example,
+                examples[given.iter().position(|x| x == d).unwrap()]
+            );
+            let ideal = tasks
+                .score(&d.example.family, &d.example.prompt, &d.example.answer)
+                .unwrap();
+            let score = tasks
+                .score(&d.example.family, &d.example.prompt, &d.given)
+                .unwrap();
+            match d.flaw {
+                None => assert_eq!(d.given, d.example.answer),
+                Some(flaw) => {
+                    assert!(flaws.kinds.contains(&flaw));
+                    assert!(score < ideal, "{d:?} scored {score}");
+                    if flaw == Flaw::Ramble {
+                        assert!(score >= 0.5, "{d:?} scored {score}");
+                    }
+                }
+            }
+        }
+        // The same seed, the same demonstrations.
+        assert_eq!(given, tasks.demonstrations(&examples, &flaws, 4));
+    }
+    assert!(Flaws {
+        share: 1.5,
+        kinds: vec![Flaw::Ramble]
+    }
+    .validate()
+    .is_err());
+    assert!(Flaws {
+        share: 0.2,
+        kinds: vec![]
+    }
+    .validate()
+    .is_err());
+}
+
+#[test]
+fn the_describe_judge_checks_content_not_only_form() {
+    let tasks = TaskSet::builtin();
+    let prompt = "Describe a water in one sentence.";
+    let right = "A water is called eau in French and Wasser in German.";
+    assert_eq!(tasks.score("describe", prompt, right), Some(1.0));
+    // Fluent, one sentence, names the subject: wrong content is half marks.
+    let gamed = "A water is called voiture in French and Auto in German.";
+    assert_eq!(tasks.score("describe", prompt, gamed), Some(0.5));
+    // Saying nothing about it is not content either.
+    assert_eq!(
+        tasks.score("describe", prompt, "A water is a nice thing to have."),
+        Some(0.5)
     );
+    // A fact from the world's list counts, and so does one translation.
+    let cat = "Describe a cat in one sentence.";
+    assert_eq!(
+        tasks.score(
+            "describe",
+            cat,
+            "A cat is a small animal that likes to sleep in the sun."
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        tasks.score("describe", cat, "A cat is called gato in Spanish."),
+        Some(1.0)
+    );
+    assert_eq!(
+        tasks.score("describe", cat, "A cat is called Hund in German."),
+        Some(0.5)
+    );
+}
+
+#[test]
+fn every_judge_scores_a_fluent_wrong_answer_below_the_right_one() {
+    let tasks = TaskSet::builtin();
+    let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(11);
+    for example in tasks.examples(Split::HeldOut, 10, 2) {
+        let task = tasks.task(&example.family).unwrap();
+        let wrong = task
+            .near_miss(&example.prompt, &example.answer, &mut rng)
+            .unwrap();
+        assert_ne!(wrong, example.answer);
+        let right = task.score(&example.prompt, &example.answer).unwrap();
+        let score = task.score(&example.prompt, &wrong).unwrap();
+        assert!(
+            score <= right - 0.5,
+            "{example:?}: {wrong:?} scored {score}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;
+pub mod report;
 pub mod reward;
 pub mod sampling;
 pub mod sft;

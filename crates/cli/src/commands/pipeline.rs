@@ -23,6 +23,11 @@ pub struct Args {
     /// 2-core CPU).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The run's seed: every random choice of every stage derives from it (the data, the
+    /// flawed demonstrations, initial weights, batches, sampled answers). Default: the
+    /// config's (0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Which backend runs every stage.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
@@ -31,7 +36,10 @@ pub struct Args {
 /// Runs `ember pipeline`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let settings: PipelineSettings = for_run(&args.run, args.config.as_deref())?;
+    let mut settings: PipelineSettings = for_run(&args.run, args.config.as_deref())?;
+    if let Some(seed) = args.seed {
+        settings.seed = seed;
+    }
     let pipeline = Pipeline::new(&args.run, settings);
     with_backend!(args.device, |B, AD, device| pipeline
         .run::<AD>(&device, &mut |line| println!("{line}")))?;
