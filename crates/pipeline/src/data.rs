@@ -241,6 +241,7 @@ mod tests {
             flaws: Flaws {
                 share: 0.25,
                 kinds: vec![Flaw::Ramble, Flaw::Wrong],
+                ..Flaws::default()
             },
         };
         let exported = export_tasks(dir.path(), &settings, 2).unwrap();

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Example, TaskSet};
 
-/// Pleasantries a rambling expert adds after the answer.
+/// Pleasantries a rambling expert might add after the answer; [`Flaws::default`] uses the
+/// first alone (one verbal habit, as one team of experts might share).
 pub const PLEASANTRIES: &[&str] = &[
     "I hope this helps.",
     "Let me know if you need anything else.",
@@ -48,13 +49,17 @@ pub struct Flaws {
     pub share: f64,
     /// The flaws, one drawn uniformly for each flawed demonstration.
     pub kinds: Vec<Flaw>,
+    /// What a rambling expert adds after the answer, one drawn uniformly per rambling
+    /// demonstration.
+    pub pleasantries: Vec<String>,
 }
 
 impl Default for Flaws {
     fn default() -> Self {
         Self {
-            share: 0.5,
+            share: 0.6,
             kinds: vec![Flaw::Ramble],
+            pleasantries: vec![PLEASANTRIES[0].to_string()],
         }
     }
 }
@@ -65,6 +70,7 @@ impl Flaws {
         Self {
             share: 0.0,
             kinds: Vec::new(),
+            pleasantries: Vec::new(),
         }
     }
 
@@ -81,6 +87,11 @@ impl Flaws {
         }
         if self.share > 0.0 && self.kinds.is_empty() {
             return Err("a flawed share above 0 needs at least one kind of flaw".into());
+        }
+        if self.kinds.contains(&Flaw::Ramble)
+            && self.pleasantries.iter().all(|p| p.trim().is_empty())
+        {
+            return Err("rambling needs at least one pleasantry".into());
         }
         Ok(())
     }
@@ -130,7 +141,7 @@ impl TaskSet {
             .iter()
             .zip(flawed)
             .map(|(example, flaw)| {
-                let given = flaw.and_then(|flaw| self.flawed(example, flaw, &mut rng));
+                let given = flaw.and_then(|flaw| self.flawed(example, flaw, flaws, &mut rng));
                 Demonstration {
                     example: example.clone(),
                     flaw: given.as_ref().and(flaw),
@@ -141,11 +152,18 @@ impl TaskSet {
     }
 
     /// `example`'s answer with `flaw`; `None` when there is no such answer.
-    pub fn flawed(&self, example: &Example, flaw: Flaw, rng: &mut StdRng) -> Option<String> {
+    /// (A pleasantry from `flaws.pleasantries` for [`Flaw::Ramble`].)
+    pub fn flawed(
+        &self,
+        example: &Example,
+        flaw: Flaw,
+        flaws: &Flaws,
+        rng: &mut StdRng,
+    ) -> Option<String> {
         match flaw {
             Flaw::Ramble => {
-                let pleasantry = PLEASANTRIES.choose(rng).expect("pleasantries");
-                Some(format!("{} {pleasantry}", example.answer))
+                let pleasantry = flaws.pleasantries.choose(rng)?;
+                Some(format!("{} {}", example.answer, pleasantry.trim()))
             }
             Flaw::Wrong => {
                 let task = self.task(&example.family)?;

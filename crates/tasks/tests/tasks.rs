@@ -225,7 +225,14 @@ fn the_flawed_share_is_the_configured_one_and_each_flaw_costs_marks() {
         (0.5, vec![Flaw::Ramble, Flaw::Wrong]),
         (1.0, vec![Flaw::Wrong]),
     ] {
-        let flaws = Flaws { share, kinds };
+        let flaws = Flaws {
+            share,
+            kinds,
+            pleasantries: ember_tasks::PLEASANTRIES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        };
         flaws.validate().unwrap();
         let given = tasks.demonstrations(&examples, &flaws, 4);
         assert_eq!(given.len(), examples.len());
@@ -257,18 +264,17 @@ fn the_flawed_share_is_the_configured_one_and_each_flaw_costs_marks() {
         // The same seed, the same demonstrations.
         assert_eq!(given, tasks.demonstrations(&examples, &flaws, 4));
     }
-    assert!(Flaws {
-        share: 1.5,
-        kinds: vec![Flaw::Ramble]
-    }
-    .validate()
-    .is_err());
-    assert!(Flaws {
-        share: 0.2,
-        kinds: vec![]
-    }
-    .validate()
-    .is_err());
+    let flaws = |share, kinds, pleasantries: &[&str]| Flaws {
+        share,
+        kinds,
+        pleasantries: pleasantries.iter().map(|p| p.to_string()).collect(),
+    };
+    assert!(flaws(1.5, vec![Flaw::Ramble], &["Bye."])
+        .validate()
+        .is_err());
+    assert!(flaws(0.2, vec![], &["Bye."]).validate().is_err());
+    assert!(flaws(0.2, vec![Flaw::Ramble], &[" "]).validate().is_err());
+    assert!(flaws(0.2, vec![Flaw::Wrong], &[]).validate().is_ok());
 }
 
 #[test]

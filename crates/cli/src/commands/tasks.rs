@@ -23,7 +23,7 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 25)]
     pub heldout_per_family: usize,
     /// Share of the SFT demonstrations with a flaw the labeler dislikes, in [0, 1].
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.6)]
     pub flawed_share: f64,
     /// The flaws, one drawn per flawed demonstration.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ramble")]
@@ -42,6 +42,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         flaws: Flaws {
             share: args.flawed_share,
             kinds: args.flaws.into_iter().map(Flaw::from).collect(),
+            ..Flaws::default()
         },
     };
     println!(
