@@ -61,18 +61,31 @@ impl Default for PipelineSettings {
         };
         sft.batch.batch_size = 16;
         sft.batch.row_len = 64;
-        sft.train.steps = 300;
+        // 400 steps: on the flawed demonstrations the model learns the content more slowly
+        // than on flawless ones (docs/tasks.md).
+        sft.train.steps = 400;
         sft.train.eval_every = std::num::NonZeroUsize::new(50);
         sft.train.optimizer.lr = 2e-3;
         sft.train.optimizer.warmup_steps = 20;
+        // No likelihood term: PPO climbs it by collapsing onto the SFT model's most likely
+        // answers (greedy judge 0.296 → 0.226 with it, docs/tasks.md), and the head alone
+        // reaches the same held-out accuracy on these rankings.
         let mut reward = RewardSettings {
-            likelihood: true,
+            likelihood: false,
             ..Default::default()
         };
         reward.train.steps = 100;
         reward.train.eval_every = std::num::NonZeroUsize::new(25);
+        // 12 rollout batches of 32 prompts × 4 answers at a learning rate of 3e-5 and β = 0.1:
+        // the reward model's lesson (stop after the answer) is learnt within about 8 batches;
+        // more batches, a higher rate or a weaker KL let the policy drift where the reward model
+        // is wrong (its accuracy on PPO's own samples falls) and the judge's score with it.
         let mut ppo = PpoSettings::default();
+        ppo.iterations = 12;
+        ppo.eval_every = 4;
+        ppo.checkpoint_every = 4;
         ppo.optimizer.lr = 3e-5;
+        ppo.ppo.rollout_prompts = 128;
         Self {
             seed: 0,
             tasks: TasksSettings::default(),
