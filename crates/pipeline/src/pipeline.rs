@@ -80,10 +80,12 @@ impl Default for PipelineSettings {
         // the reward model's lesson (stop after the answer) is learnt within about 8 batches;
         // more batches, a higher rate or a weaker KL let the policy drift where the reward model
         // is wrong (its accuracy on PPO's own samples falls) and the judge's score with it.
-        let mut ppo = PpoSettings::default();
-        ppo.iterations = 12;
-        ppo.eval_every = 4;
-        ppo.checkpoint_every = 4;
+        let mut ppo = PpoSettings {
+            iterations: 12,
+            eval_every: 4,
+            checkpoint_every: 4,
+            ..Default::default()
+        };
         ppo.optimizer.lr = 3e-5;
         ppo.ppo.rollout_prompts = 128;
         Self {

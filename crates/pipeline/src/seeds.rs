@@ -90,7 +90,7 @@ pub fn summarise_runs(roots: &[PathBuf]) -> Result<Runs> {
         loaded.push((run, summary, settings, by_policy, minutes));
     }
     let mut runs = Vec::new();
-    for (run, summary, settings, by_policy, minutes) in &loaded {
+    for (run, summary, settings, _, minutes) in &loaded {
         runs.push(RunResult {
             root: run.root().to_path_buf(),
             seed: settings.seed,
@@ -101,7 +101,6 @@ pub fn summarise_runs(roots: &[PathBuf]) -> Result<Runs> {
             gap_closed: summary.gap_closed,
             gap_closed_by_judge: summary.gap_closed_by_judge,
         });
-        let _ = by_policy;
     }
     let mut pooled = BTreeMap::new();
     for policy in COMPARED {
