@@ -76,14 +76,14 @@ impl Default for PipelineSettings {
         };
         reward.train.steps = 100;
         reward.train.eval_every = std::num::NonZeroUsize::new(25);
-        // 12 rollout batches of 32 prompts × 4 answers at a learning rate of 3e-5 and β = 0.1:
+        // 10 rollout batches of 32 prompts × 4 answers at a learning rate of 3e-5 and β = 0.1:
         // the reward model's lesson (stop after the answer) is learnt within about 8 batches;
         // more batches, a higher rate or a weaker KL let the policy drift where the reward model
         // is wrong (its accuracy on PPO's own samples falls) and the judge's score with it.
         let mut ppo = PpoSettings {
-            iterations: 12,
-            eval_every: 4,
-            checkpoint_every: 4,
+            iterations: 10,
+            eval_every: 5,
+            checkpoint_every: 5,
             ..Default::default()
         };
         ppo.optimizer.lr = 3e-5;
