@@ -667,12 +667,21 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
     ] {
         assert!(report.contains(needle), "{needle}: {report}");
     }
-    // Eight families, one row each, in the greedy and the sampled judge tables.
-    assert_eq!(report.matches("| translate |").count(), 2, "{report}");
+    // Eight families, one row each, in the gains, the greedy and the sampled judge tables.
+    assert_eq!(report.matches("| translate |").count(), 3, "{report}");
     assert!(
-        report.contains("Sampled answers** (4 per prompt"),
+        report.contains("Sampled answers** (8 per prompt"),
         "{report}"
     );
+    for needle in [
+        "paired bootstrap 95 % intervals",
+        "| SFT, flawless data |",
+        "| PPO, judge as reward |",
+        "Share of the gap between SFT and SFT on flawless data that PPO closes",
+        "carry a flaw the labeler dislikes",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
     // The sampled evaluation: per model and family a mean judge score, and the overall mean
     // is the mean of the families' (every family has as many prompts).
     let summary: serde_json::Value =
@@ -773,7 +782,15 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
     assert!(again.status.success(), "{}", text(&again));
     let log = text(&again);
     for stage in [
-        "data", "pretrain", "sft", "collect", "reward", "ppo", "eval",
+        "data",
+        "pretrain",
+        "sft",
+        "sft_flawless",
+        "collect",
+        "reward",
+        "ppo",
+        "ppo_judge",
+        "eval",
     ] {
         assert!(
             log.contains(&format!("{stage}: done already")),
@@ -783,6 +800,23 @@ fn the_pipeline_runs_every_stage_resumes_and_reports() {
     let timings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("timings.json")).unwrap()).unwrap();
     assert_eq!(timings["ppo"].as_f64().unwrap(), first_ppo);
+
+    // `ember report` sums runs up: this one alone, and a folder that is not a run is refused.
+    let summed = ember(
+        &["report", "--runs", "runs/p", "--out", "seeds.md"],
+        dir.path(),
+    );
+    assert!(summed.status.success(), "{}", text(&summed));
+    let seeds = std::fs::read_to_string(dir.path().join("seeds.md")).unwrap();
+    assert!(seeds.contains("| **pooled** |"), "{seeds}");
+    assert_eq!(seeds.matches("| runs/p | 0 | 60 % |").count(), 1, "{seeds}");
+    let not_a_run = ember(&["report", "--runs", "runs"], dir.path());
+    assert!(!not_a_run.status.success());
+    assert!(
+        text(&not_a_run).contains("summary.json"),
+        "{}",
+        text(&not_a_run)
+    );
 
     // A configuration with a key no stage knows is refused before anything runs.
     std::fs::write(dir.path().join("bad.toml"), "[ppo]\nitertions = 3\n").unwrap();
