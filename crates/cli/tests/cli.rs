@@ -632,7 +632,14 @@ max_new_tokens = 8
 fn the_pipeline_runs_every_stage_resumes_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pipeline.toml"), PIPELINE).unwrap();
-    let args = ["pipeline", "--run", "runs/p", "--config", "pipeline.toml"];
+    let args = [
+        "pipeline",
+        "--run",
+        "runs/p",
+        "--config",
+        "pipeline.toml",
+        "--upper-bound",
+    ];
     let out = ember(&args, dir.path());
     assert!(out.status.success(), "{}", text(&out));
     let run = dir.path().join("runs/p");
