@@ -76,17 +76,9 @@ fn gain(runs: &[Vec<(f64, f64)>], seed: u64) -> Gain {
         .map(|rows| rows.iter().map(|(a, b)| a - b).collect::<Vec<_>>())
         .collect::<Vec<_>>();
     let groups = differences.iter().map(Vec::as_slice).collect::<Vec<_>>();
-    let mut count = WinTieLoss::default();
-    for (a, b) in runs.iter().flatten() {
-        match a.partial_cmp(b) {
-            Some(std::cmp::Ordering::Greater) => count.wins += 1,
-            Some(std::cmp::Ordering::Less) => count.losses += 1,
-            _ => count.ties += 1,
-        }
-    }
     Gain {
         interval: bootstrap(&groups, mean, RESAMPLES, seed),
-        count,
+        count: WinTieLoss::tally(runs.iter().flatten().copied()),
     }
 }
 

@@ -198,10 +198,18 @@ impl WinTieLoss {
     /// If the two answer different prompts.
     pub fn compare(first: &[Scored], second: &[Scored]) -> Self {
         assert_eq!(first.len(), second.len(), "the same prompts on both sides");
-        let mut count = Self::default();
-        for (a, b) in first.iter().zip(second) {
+        Self::tally(first.iter().zip(second).map(|(a, b)| {
             assert_eq!(a.example, b.example, "the same prompts on both sides");
-            match a.score.partial_cmp(&b.score) {
+            (a.score, b.score)
+        }))
+    }
+
+    /// Counts pairs of (first's score, second's score): a win when the first is higher, a
+    /// loss when it is lower, a tie otherwise.
+    pub fn tally(pairs: impl IntoIterator<Item = (f64, f64)>) -> Self {
+        let mut count = Self::default();
+        for (a, b) in pairs {
+            match a.partial_cmp(&b) {
                 Some(std::cmp::Ordering::Greater) => count.wins += 1,
                 Some(std::cmp::Ordering::Less) => count.losses += 1,
                 _ => count.ties += 1,
