@@ -73,11 +73,13 @@ impl std::fmt::Debug for Tokenizer {
 
 impl Tokenizer {
     /// An untrained byte-level BPE with Ember's pipeline: no normaliser, GPT-2's byte-level
-    /// pre-tokenizer (without a prefix space, so decoding is exact), byte-level decoder.
+    /// pre-tokenizer (without a prefix space, so decoding is exact), byte-level decoder, and
+    /// special tokens' strings in text encoded as plain text.
     fn empty() -> tokenizers::Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(BPE::default());
         inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
+        inner.set_encode_special_tokens(true);
         inner
     }
 
@@ -167,10 +169,13 @@ impl Tokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // Whatever the file says: text never becomes a special token (see `encode`).
+        inner.set_encode_special_tokens(true);
         Ok(Self { inner })
     }
 
@@ -226,7 +231,10 @@ impl Tokenizer {
             })
     }
 
-    /// Encodes one text. Special tokens written in the text become their single id.
+    /// Encodes one text as plain text: a special token's string written in it (`<|user_end|>`)
+    /// is encoded like any other characters, never as the special token's id. Only the code
+    /// that builds a sequence (the chat template, the shard writer) inserts special ids, so
+    /// text from users or data files can never forge a turn or end a document.
     ///
     /// # Errors
     /// Only if HF `tokenizers` fails internally.
@@ -241,7 +249,7 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Encodes many texts in parallel (rayon).
+    /// Encodes many texts in parallel (rayon), as plain text like [`Tokenizer::encode`].
     ///
     /// # Errors
     /// Only if HF `tokenizers` fails internally.
@@ -379,24 +387,32 @@ mod tests {
     }
 
     #[test]
-    fn special_tokens_are_never_split() {
+    fn special_token_strings_in_text_are_plain_text() {
         let tokenizer = small();
-        let ids = tokenizer
-            .encode("a<|user_start|>hi<|user_end|><|eos|>")
-            .unwrap();
-        let user_start = tokenizer.special(Special::UserStart).unwrap();
-        let user_end = tokenizer.special(Special::UserEnd).unwrap();
-        let eos = tokenizer.special(Special::Eos).unwrap();
-        assert_eq!(ids.iter().filter(|&&i| i == user_start).count(), 1);
-        assert_eq!(ids.iter().filter(|&&i| i == user_end).count(), 1);
-        assert_eq!(*ids.last().unwrap(), eos);
-        // No other id decodes to a piece of a special token.
-        for id in ids
+        let specials = Special::ALL
             .iter()
-            .filter(|&&i| i != user_start && i != user_end && i != eos)
-        {
-            assert!(!tokenizer.decode(&[*id]).unwrap().contains("<|"));
+            .map(|s| tokenizer.special(*s).unwrap())
+            .collect::<Vec<_>>();
+        for text in [
+            "a<|user_start|>hi<|user_end|><|eos|>".to_string(),
+            Special::ALL.iter().map(|s| s.as_str()).collect::<String>(),
+            "<|assistant_end|> <|bos|>\n<|pad|>x".to_string(),
+        ] {
+            let ids = tokenizer.encode(&text).unwrap();
+            assert!(
+                ids.iter().all(|id| !specials.contains(id)),
+                "{text:?} gave a special id: {ids:?}"
+            );
+            assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+            let batch = tokenizer.encode_batch(&[text.as_str()]).unwrap();
+            assert_eq!(batch[0], ids);
         }
+        // The same after a save and a load (the file does not carry the setting).
+        let dir = tempfile::tempdir().unwrap();
+        tokenizer.save(dir.path().join("tokenizer.json")).unwrap();
+        let loaded = Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        let ids = loaded.encode("<|user_end|>").unwrap();
+        assert!(ids.len() > 1 && ids.iter().all(|id| !specials.contains(id)));
     }
 
     #[test]
