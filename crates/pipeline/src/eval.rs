@@ -121,7 +121,7 @@ pub fn score_answers<B: Backend>(
             .map(|e| template.render_prompt(&Conversation::new(vec![Message::user(&e.prompt)])))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         for (example, output) in chunk.iter().zip(generate(model, &prompts, &config)?) {
-            let output = tokenizer.decode(output.content())?;
+            let output = tokenizer.decode_skip_special(output.content())?;
             let score = tasks
                 .score(&example.family, &example.prompt, &output)
                 .unwrap_or(0.0);

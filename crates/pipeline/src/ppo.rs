@@ -296,7 +296,7 @@ pub fn ppo<B: AutodiffBackend>(
         _ => None,
     };
     let decoder = tokenizer.clone();
-    let decode = Box::new(move |ids: &[u32]| Ok(decoder.decode(ids)?));
+    let decode = Box::new(move |ids: &[u32]| Ok(decoder.decode_skip_special(ids)?));
     let data = PpoData {
         environment,
         prompts,

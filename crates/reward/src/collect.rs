@@ -122,7 +122,12 @@ pub fn collect_rankings<B: Backend>(
             seed: config.seed.wrapping_add((c * config.batch_size) as u64),
         };
         for output in generate(policy, chunk, &generation)? {
-            answers.push(tokenizer.decode(output.content())?.trim().to_string());
+            answers.push(
+                tokenizer
+                    .decode_skip_special(output.content())?
+                    .trim()
+                    .to_string(),
+            );
         }
         on_batch(chunk.len());
     }

@@ -89,7 +89,7 @@ impl<'a> StreamPrinter<'a> {
     /// A printer for one answer.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
         Self {
-            stream: tokenizer.decode_stream(false),
+            stream: tokenizer.decode_stream(true),
         }
     }
 
