@@ -136,6 +136,8 @@ impl ModelFolder {
         }
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
         write(&partial)?;
+        // The manifest again, now over the tokenizer too.
+        ember_train::integrity::seal(&partial, None)?;
         if self.path.exists() {
             std::fs::remove_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
         }

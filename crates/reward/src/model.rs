@@ -9,7 +9,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use ember_train::{load_model_config, load_record, save_record};
+use ember_train::{integrity, load_model_config, load_record, save_record};
 use ember_transformer::{Decoder, DecoderInput, Positions};
 use serde::{Deserialize, Serialize};
 
@@ -368,6 +368,7 @@ pub fn save_reward_model<B: Backend>(
     })
     .expect("serialises");
     ember_tokenizer::write_atomically(&dir.join("reward.json"), file.as_bytes())?;
+    integrity::seal(dir, Some(integrity::tensor_shapes::<B, _>(model)))?;
     Ok(())
 }
 
@@ -380,6 +381,7 @@ pub fn load_reward_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(RewardModel<B>, Normalization)> {
+    let manifest = integrity::verify(dir)?;
     let path = dir.join("reward.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let file: RewardSidecar =
@@ -390,5 +392,12 @@ pub fn load_reward_model<B: Backend>(
         model = model.with_likelihood(start, 0.0);
     }
     let record = load_record::<B, _>(&dir.join("model"), device)?;
-    Ok((model.load_record(record), file.normalization))
+    let model = integrity::load_checked(
+        model,
+        record,
+        manifest.as_ref(),
+        &dir.join("model.json"),
+        &dir.join("model.mpk"),
+    )?;
+    Ok((model, file.normalization))
 }

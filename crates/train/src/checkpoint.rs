@@ -76,12 +76,13 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, path)| path))
 }
 
-/// Writes a checkpoint for `state.step` with `write` filling the folder, then keeps only the
-/// newest `keep` checkpoints.
+/// Writes a checkpoint for `state.step` with `write` filling the folder, seals it (its
+/// `manifest.json`, with the model's `tensors`), then keeps only the newest `keep` checkpoints.
 pub(crate) fn write_checkpoint(
     dir: &Path,
     state: &TrainState,
     keep: usize,
+    tensors: std::collections::BTreeMap<String, Vec<usize>>,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -93,6 +94,7 @@ pub(crate) fn write_checkpoint(
     write(&tmp)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     ember_tokenizer::write_atomically(&tmp.join("state.json"), json.as_bytes())?;
+    crate::integrity::seal(&tmp, Some(tensors))?;
     let final_dir = step_dir(dir, state.step);
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;

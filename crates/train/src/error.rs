@@ -31,6 +31,38 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A file of a model folder or a checkpoint is not what was written: missing, truncated,
+    /// corrupted or edited (see `manifest.json`).
+    #[error("{path}: damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A model's config describes tensors of other shapes than its weights hold.
+    #[error(
+        "{config} does not describe the saved weights: tensor `{tensor}` is {expected} in the \
+         model it describes but {saved} in the weights"
+    )]
+    ShapeMismatch {
+        /// The config file (`model.json`).
+        config: PathBuf,
+        /// The tensor's path in the model.
+        tensor: String,
+        /// Its shape in the model the config builds.
+        expected: String,
+        /// Its shape in the saved weights.
+        saved: String,
+    },
+    /// Saved weights hold a NaN or an infinity.
+    #[error("{path}: tensor `{tensor}` holds NaN or infinite values; the model is not loaded")]
+    NonFinite {
+        /// The weights' file.
+        path: PathBuf,
+        /// The tensor's path in the model.
+        tensor: String,
+    },
     /// A configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -4,6 +4,7 @@ mod alloc;
 mod checkpoint;
 mod config;
 mod error;
+pub mod integrity;
 mod metrics;
 mod model_io;
 mod order;

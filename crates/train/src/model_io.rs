@@ -8,9 +8,11 @@ use burn::tensor::backend::Backend;
 use ember_transformer::{Decoder, DecoderConfig};
 
 use crate::checkpoint::{load_record, save_record};
-use crate::{Error, Result};
+use crate::{integrity, Error, Result};
 
-/// Writes `model` into `dir` (created if needed). Each file is replaced atomically.
+/// Writes `model` into `dir` (created if needed): `model.mpk`, `model.json`, then
+/// `manifest.json` (every file's SHA-256 and every tensor's shape, checked on load; see
+/// [`crate::integrity`]). Each file is replaced atomically.
 ///
 /// # Errors
 /// The folder or files cannot be written.
@@ -23,6 +25,7 @@ pub fn save_model<B: Backend>(model: &Decoder<B>, dir: &Path) -> Result<()> {
     std::fs::rename(tmp.with_extension("mpk"), &final_path)
         .map_err(|e| Error::io(&final_path, e))?;
     ember_tokenizer::write_atomically(&dir.join("model.json"), json.as_bytes())?;
+    integrity::seal(dir, Some(integrity::tensor_shapes::<B, _>(model)))?;
     Ok(())
 }
 
@@ -36,13 +39,22 @@ pub fn load_model_config(dir: &Path) -> Result<DecoderConfig> {
     serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
 }
 
-/// Loads a model written by [`save_model`] onto `device`.
+/// Loads a model written by [`save_model`] onto `device`, verified first: its files against
+/// `manifest.json`, its tensors' shapes against `model.json`, its weights for NaN and infinity.
 ///
 /// # Errors
-/// Missing or damaged files, or weights that do not fit the config.
+/// Missing or damaged files ([`Error::Damaged`]), weights that do not fit the config
+/// ([`Error::ShapeMismatch`]) or are not finite ([`Error::NonFinite`]).
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
+    let manifest = integrity::verify(dir)?;
     let config = load_model_config(dir)?;
     let model = config.init::<B>(device)?;
     let record = load_record::<B, _>(&dir.join("model"), device)?;
-    Ok(model.load_record(record))
+    integrity::load_checked(
+        model,
+        record,
+        manifest.as_ref(),
+        &dir.join("model.json"),
+        &dir.join("model.mpk"),
+    )
 }

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::checkpoint::{
     latest_checkpoint, load_record, read_state, save_record, write_checkpoint, TrainState,
 };
+use crate::integrity;
 use crate::metrics::metric;
 use crate::params::{clip_global_norm, global_grad_norm, split_grads, DecayGroups};
 use crate::{Error, MetricsLog, Result, TrainConfig};
@@ -174,8 +175,17 @@ where
     let mut resumed_from = None;
 
     if let Some(checkpoint) = latest_checkpoint(&run.checkpoints())? {
+        // A damaged checkpoint is named, never loaded (nor silently skipped for an older one).
+        let manifest = integrity::verify(&checkpoint)?;
         state = read_state(&checkpoint)?;
-        model = model.load_record(load_record::<B, _>(&checkpoint.join("model"), &device)?);
+        let record = load_record::<B, _>(&checkpoint.join("model"), &device)?;
+        model = integrity::load_checked(
+            model,
+            record,
+            manifest.as_ref(),
+            &checkpoint,
+            &checkpoint.join("model.mpk"),
+        )?;
         decayed = decayed.load_record(load_record::<B, _>(
             &checkpoint.join("optim-decay"),
             &device,
@@ -318,18 +328,26 @@ where
                 .is_some_and(|n| state.step.is_multiple_of(n.get()))
         {
             let objective_state = objective.state();
-            write_checkpoint(&run.checkpoints(), &state, config.keep_checkpoints, |dir| {
-                if let Some(value) = &objective_state {
-                    let json = serde_json::to_string_pretty(value).expect("JSON values serialise");
-                    ember_tokenizer::write_atomically(
-                        &dir.join("objective.json"),
-                        json.as_bytes(),
-                    )?;
-                }
-                save_record::<B, _>(model.clone().into_record(), &dir.join("model"))?;
-                save_record::<B, _>(decayed.to_record(), &dir.join("optim-decay"))?;
-                save_record::<B, _>(undecayed.to_record(), &dir.join("optim-no-decay"))
-            })?;
+            let tensors = integrity::tensor_shapes::<B, M>(&model);
+            write_checkpoint(
+                &run.checkpoints(),
+                &state,
+                config.keep_checkpoints,
+                tensors,
+                |dir| {
+                    if let Some(value) = &objective_state {
+                        let json =
+                            serde_json::to_string_pretty(value).expect("JSON values serialise");
+                        ember_tokenizer::write_atomically(
+                            &dir.join("objective.json"),
+                            json.as_bytes(),
+                        )?;
+                    }
+                    save_record::<B, _>(model.clone().into_record(), &dir.join("model"))?;
+                    save_record::<B, _>(decayed.to_record(), &dir.join("optim-decay"))?;
+                    save_record::<B, _>(undecayed.to_record(), &dir.join("optim-no-decay"))
+                },
+            )?;
         }
     }
     progress.finish_and_clear();

@@ -91,11 +91,9 @@ fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
             }
         })?;
         println!();
-        conversation
-            .messages
-            .push(Message::assistant(
-                tokenizer.decode_skip_special(output[0].content())?,
-            ));
+        conversation.messages.push(Message::assistant(
+            tokenizer.decode_skip_special(output[0].content())?,
+        ));
     }
     Ok(())
 }
