@@ -60,6 +60,18 @@ pub enum Error {
         /// The drawing backend's message.
         reason: String,
     },
+    /// A run folder whose stages ran with other settings than the ones given.
+    #[error(
+        "{root}: stages done there ran with other settings than these:\n{changes}\n\
+         Run in a new folder, run again without --config (the folder's own config.toml), or \
+         pass --redo-changed to delete those stages' output and redo them."
+    )]
+    Changed {
+        /// The run folder.
+        root: PathBuf,
+        /// One line per changed setting, `stage: path: before → now`.
+        changes: String,
+    },
     /// A pipeline stage failed.
     #[error("stage {stage}: {source}")]
     Stage {

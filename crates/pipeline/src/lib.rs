@@ -15,6 +15,7 @@ mod reward;
 mod seeds;
 pub mod settings;
 mod sft;
+pub mod stages;
 pub mod stats;
 mod summary;
 
@@ -41,6 +42,7 @@ pub use reward::{
 pub use seeds::{runs_markdown, summarise_runs, write_runs_report, RunResult, Runs};
 pub use settings::{ModelSettings, Preset};
 pub use sft::{sft, SftSettings, TuneInputs, Tuned};
+pub use stages::StageRecord;
 pub use summary::{
     evaluate_pipeline, read_answers, read_prompt_scores, EvalInputs, EvalSettings, Policy,
     PolicyEval, RewardAccuracy, SampledAnswers, Summary,

@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use ember_instruct::OnError;
 use serde::{Deserialize, Serialize};
 
 use crate::settings::record;
+use crate::stages::{differences, read_all, records_dir, StageRecord};
 use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy, Summary};
 use crate::{
     collect, export_tasks, ppo, pretrain, read_examples, sft, train_reward_model, write_report,
@@ -253,10 +255,15 @@ impl Stage {
 /// What a resumed pipeline does with a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Its output is complete: skip it.
+    /// Its output is complete, made with these settings from these inputs: skip it.
     Done,
     /// Run it (resuming from its checkpoint, if it has one).
     Run,
+    /// Its record says it ran with other settings, or from other inputs (an earlier stage's
+    /// settings changed): its output is not this run's. [`Pipeline::run`] refuses, naming
+    /// the settings, unless asked to redo such stages ([`Pipeline::redo_changed`]), which
+    /// deletes their output first.
+    Changed,
 }
 
 /// Seconds each stage took, kept in `timings.json` so that a resumed run still reports the
@@ -326,6 +333,28 @@ impl RunFolder {
         self.root.join("plots")
     }
 
+    /// A stage's completion record, `stages/{name}.json`.
+    pub fn record(&self, stage: Stage) -> PathBuf {
+        records_dir(&self.root).join(format!("{}.json", stage.name()))
+    }
+
+    /// The folders a stage writes (deleted before it is redone with other settings).
+    pub fn outputs(&self, stage: Stage) -> Vec<PathBuf> {
+        let name = match stage {
+            Stage::Data => "data",
+            Stage::Pretrain => Policy::Base.name(),
+            Stage::Sft => Policy::Sft.name(),
+            Stage::SftFlawless => Policy::SftFlawless.name(),
+            Stage::Collect => "rankings",
+            Stage::Reward => "reward",
+            Stage::Ppo => Policy::Ppo.name(),
+            Stage::PpoJudge => Policy::PpoJudge.name(),
+            Stage::Eval => "eval",
+            Stage::Report => return vec![self.report(), self.plots()],
+        };
+        vec![self.root.join(name)]
+    }
+
     /// The timings of the stages run so far.
     ///
     /// # Errors
@@ -345,6 +374,7 @@ impl RunFolder {
 pub struct Pipeline {
     folder: RunFolder,
     settings: PipelineSettings,
+    redo_changed: bool,
 }
 
 impl Pipeline {
@@ -353,7 +383,104 @@ impl Pipeline {
         Self {
             folder: RunFolder::new(root),
             settings,
+            redo_changed: false,
         }
+    }
+
+    /// Redo, rather than refuse, the stages whose settings or inputs changed since they ran
+    /// ([`Decision::Changed`]): their output is deleted first.
+    pub fn redo_changed(mut self, redo: bool) -> Self {
+        self.redo_changed = redo;
+        self
+    }
+
+    /// The part of the (seeded) settings that `stage` reads.
+    pub fn stage_settings(&self, stage: Stage) -> serde_json::Value {
+        let s = self.settings.seeded();
+        match stage {
+            Stage::Data => serde_json::json!({
+                "tasks": value(&s.tasks),
+                "eval.per_family": s.eval.per_family,
+            }),
+            Stage::Pretrain => value(&s.pretrain),
+            Stage::Sft | Stage::SftFlawless => value(&s.sft),
+            Stage::Collect => serde_json::json!({
+                "collect": value(&s.collect),
+                "eval.max_new_tokens": s.eval.max_new_tokens,
+            }),
+            Stage::Reward => value(&s.reward),
+            Stage::Ppo => value(&s.ppo),
+            Stage::PpoJudge => serde_json::json!({
+                "ppo": value(&s.ppo),
+                "upper_bound": s.upper_bound,
+            }),
+            Stage::Eval => serde_json::json!({
+                "eval": value(&s.eval),
+                "upper_bound": s.upper_bound,
+            }),
+            Stage::Report => serde_json::json!({ "seed": s.seed }),
+        }
+    }
+
+    /// The record every stage has when it ran with these settings, in order: each one's
+    /// inputs are the digest of the one before.
+    pub fn expected_records(&self) -> Vec<StageRecord> {
+        let mut inputs = String::new();
+        Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let record =
+                    StageRecord::new(stage.name(), self.stage_settings(stage), inputs.clone());
+                inputs = record.digest();
+                record
+            })
+            .collect()
+    }
+
+    fn expected_record(&self, stage: Stage) -> StageRecord {
+        let index = Stage::ALL
+            .iter()
+            .position(|&s| s == stage)
+            .expect("a stage");
+        self.expected_records().swap_remove(index)
+    }
+
+    /// Whether `stage`'s record says it ran with other settings or inputs than these.
+    fn has_changed(&self, stage: Stage) -> bool {
+        let expected = self.expected_record(stage);
+        matches!(
+            StageRecord::read(&self.folder.record(stage)),
+            Ok(Some(found)) if found.digest() != expected.digest()
+        )
+    }
+
+    /// What changed for each stage whose record disagrees with these settings.
+    fn changes(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for expected in self.expected_records() {
+            let stage = Stage::ALL
+                .into_iter()
+                .find(|s| s.name() == expected.stage)
+                .expect("a stage");
+            let Ok(Some(found)) = StageRecord::read(&self.folder.record(stage)) else {
+                continue;
+            };
+            if found.digest() == expected.digest() {
+                continue;
+            }
+            let differences = differences(&found.settings, &expected.settings);
+            if differences.is_empty() {
+                lines.push(format!(
+                    "  {}: an earlier stage's settings changed",
+                    expected.stage
+                ));
+            } else {
+                for d in differences {
+                    lines.push(format!("  {}: {d}", expected.stage));
+                }
+            }
+        }
+        lines
     }
 
     /// Its run folder.
@@ -366,8 +493,19 @@ impl Pipeline {
         &self.settings
     }
 
-    /// Whether `stage`'s output is complete in the run folder.
+    /// Whether `stage` is done: its record says it finished with these settings from these
+    /// inputs, and its output is in the run folder.
     pub fn is_done(&self, stage: Stage) -> bool {
+        let expected = self.expected_record(stage);
+        let recorded = matches!(
+            StageRecord::read(&self.folder.record(stage)),
+            Ok(Some(found)) if found.complete && found.digest() == expected.digest()
+        );
+        recorded && self.has_output(stage)
+    }
+
+    /// Whether `stage`'s output is in the run folder (whatever made it).
+    fn has_output(&self, stage: Stage) -> bool {
         let run = &self.folder;
         match stage {
             Stage::Data => run.data().exists(),
@@ -384,16 +522,23 @@ impl Pipeline {
         }
     }
 
-    /// What running now would do with each stage: a stage is skipped when its output is
-    /// complete and no stage before it runs (a later stage's output rests on the earlier
-    /// ones', so it is made again after any of them is).
+    /// What running now would do with each stage: a stage is skipped when it is done and no
+    /// stage before it runs (a later stage's output rests on the earlier ones', so it is made
+    /// again after any of them is); a stage whose record disagrees with these settings is
+    /// [`Decision::Changed`].
     pub fn plan(&self) -> Vec<(Stage, Decision)> {
         let mut rerun = false;
         Stage::ALL
             .iter()
             .map(|&stage| {
-                rerun = rerun || !self.is_done(stage);
-                let decision = if rerun { Decision::Run } else { Decision::Done };
+                let decision = if self.has_changed(stage) {
+                    Decision::Changed
+                } else if rerun || !self.is_done(stage) {
+                    Decision::Run
+                } else {
+                    Decision::Done
+                };
+                rerun = rerun || decision != Decision::Done;
                 (stage, decision)
             })
             .collect()
@@ -409,38 +554,121 @@ impl Pipeline {
         device: &B::Device,
         log: &mut dyn FnMut(&str),
     ) -> Result<Timings> {
+        let plan = self.plan();
+        if !self.redo_changed && plan.iter().any(|(_, d)| *d == Decision::Changed) {
+            return Err(Error::Changed {
+                root: self.folder.root().to_path_buf(),
+                changes: self.changes().join("\n"),
+            });
+        }
         std::fs::create_dir_all(self.folder.root())
             .map_err(|e| Error::io(self.folder.root(), e))?;
         record(&self.folder.root().join("config.toml"), &self.settings)?;
-        let mut timings = self.folder.read_timings()?;
         let total = Stage::ALL.len();
-        for (index, (stage, decision)) in self.plan().into_iter().enumerate() {
+        for (index, (stage, decision)) in plan.into_iter().enumerate() {
             let name = stage.name();
             if decision == Decision::Done {
                 log(&format!("== {}/{total} {name}: done already", index + 1));
                 continue;
             }
-            log(&format!("\n== {}/{total} {name}", index + 1));
-            let clock = Instant::now();
+            if decision == Decision::Changed {
+                log(&format!(
+                    "\n== {}/{total} {name}: its settings changed; deleting its output to redo it",
+                    index + 1
+                ));
+                for path in self.folder.outputs(stage) {
+                    remove(&path)?;
+                }
+                remove(&self.folder.record(stage))?;
+            } else {
+                log(&format!("\n== {}/{total} {name}", index + 1));
+            }
             self.run_stage::<B>(stage, device, log)
                 .map_err(|source| Error::Stage {
                     stage: name,
                     source: Box::new(source),
                 })?;
-            if stage != Stage::Report {
-                timings.insert(name.to_string(), clock.elapsed().as_secs_f64());
-                let json = serde_json::to_string_pretty(&timings).expect("timings serialise");
-                ember_tokenizer::write_atomically(&self.folder.timings(), json.as_bytes())?;
+            self.write_timings()?;
+        }
+        self.timings()
+    }
+
+    /// Seconds each stage took, every attempt together, from the stages' records (for a run
+    /// folder from before records, its `timings.json`).
+    ///
+    /// # Errors
+    /// A damaged record or `timings.json`.
+    pub fn timings(&self) -> Result<Timings> {
+        let mut timings = self.folder.read_timings()?;
+        for (name, found) in read_all(&records_dir(self.folder.root()))? {
+            if name != Stage::Report.name() {
+                timings.insert(name, found.seconds);
             }
         }
         Ok(timings)
     }
 
-    /// Runs one stage (whether or not it is done), reading what the stages before it wrote.
+    fn write_timings(&self) -> Result<()> {
+        let json = serde_json::to_string_pretty(&self.timings()?).expect("timings serialise");
+        Ok(ember_tokenizer::write_atomically(
+            &self.folder.timings(),
+            json.as_bytes(),
+        )?)
+    }
+
+    /// Runs one stage (whether or not it is done), reading what the stages before it wrote,
+    /// and keeps its record: written at the start (the settings, the inputs, one attempt
+    /// more), every two seconds while it runs (the seconds so far, so a killed attempt's time
+    /// counts), and marked complete last of all.
     ///
     /// # Errors
     /// A missing input or the stage's own error.
     pub fn run_stage<B: AutodiffBackend>(
+        &self,
+        stage: Stage,
+        device: &B::Device,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let path = self.folder.record(stage);
+        let mut current = self.expected_record(stage);
+        if let Ok(Some(found)) = StageRecord::read(&path) {
+            if found.digest() == current.digest() {
+                (current.seconds, current.attempts) = (found.seconds, found.attempts);
+            }
+        }
+        current.attempts += 1;
+        current.write(&path)?;
+        let clock = Instant::now();
+        let stop = AtomicBool::new(false);
+        let result = std::thread::scope(|scope| {
+            let ticker = {
+                let (stop, path, current) = (&stop, &path, &current);
+                scope.spawn(move || {
+                    let mut last = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if last.elapsed() >= Duration::from_secs(2) {
+                            last = Instant::now();
+                            let mut update = current.clone();
+                            update.seconds += clock.elapsed().as_secs_f64();
+                            // Best effort: the final write below is the one that counts.
+                            let _ = update.write(path);
+                        }
+                    }
+                })
+            };
+            let result = self.execute_stage::<B>(stage, device, log);
+            stop.store(true, Ordering::Relaxed);
+            let _ = ticker.join();
+            result
+        });
+        current.seconds += clock.elapsed().as_secs_f64();
+        current.complete = result.is_ok();
+        current.write(&path)?;
+        result
+    }
+
+    fn execute_stage<B: AutodiffBackend>(
         &self,
         stage: Stage,
         device: &B::Device,
@@ -550,4 +778,19 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+fn value<T: Serialize>(settings: &T) -> serde_json::Value {
+    serde_json::to_value(settings).expect("settings serialise")
+}
+
+fn remove(path: &Path) -> Result<()> {
+    let result = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else if path.exists() {
+        std::fs::remove_file(path)
+    } else {
+        return Ok(());
+    };
+    result.map_err(|e| Error::io(path, e))
 }

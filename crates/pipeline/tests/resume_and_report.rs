@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use burn::backend::{Autodiff, Flex};
 use ember_pipeline::{
     markdown, Decision, FamilyScore, JudgeScores, Pipeline, PipelineSettings, Policy, PolicyEval,
     ReportInputs, RewardAccuracy, RolloutStats, SampledAnswers, Scored, Stage, Summary, Timings,
@@ -28,31 +29,54 @@ fn to_run(pipeline: &Pipeline) -> Vec<&'static str> {
         .collect()
 }
 
+fn mark(pipeline: &Pipeline, stage: Stage, complete: bool) {
+    let index = Stage::ALL.iter().position(|&s| s == stage).unwrap();
+    let mut record = pipeline.expected_records().swap_remove(index);
+    record.complete = complete;
+    record.write(&pipeline.folder().record(stage)).unwrap();
+}
+
 #[test]
-fn a_stage_is_done_only_when_its_output_is_complete() {
+fn a_stage_is_done_only_when_its_record_and_its_output_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let pipeline = Pipeline::new(root, PipelineSettings::toy());
     assert_eq!(to_run(&pipeline), Stage::ALL.map(Stage::name).to_vec());
 
-    // The data stage writes its held-out file last; the corpus alone is not the stage.
-    touch(root, &["data/corpus.txt", "data/sft.jsonl"]);
-    assert!(!pipeline.is_done(Stage::Data));
-    touch(root, &["data/heldout.jsonl"]);
-    assert!(!pipeline.is_done(Stage::Data));
-    touch(root, &["data/sft_flawless.jsonl", "data/flaws.json"]);
-    assert!(pipeline.is_done(Stage::Data));
-
-    // A model folder without its tokenizer is a save cut short: pretraining runs again.
+    // Output without a record (a folder from before records, or copied in): not done.
     touch(
         root,
-        &["base/model/model.mpk", "base/checkpoints/step-2/state.json"],
+        &[
+            "data/corpus.txt",
+            "data/sft.jsonl",
+            "data/heldout.jsonl",
+            "data/sft_flawless.jsonl",
+            "data/flaws.json",
+        ],
     );
+    assert!(!pipeline.is_done(Stage::Data));
+    // A record of a stage that started but did not finish (killed): not done, it resumes.
+    mark(&pipeline, Stage::Data, false);
+    assert!(!pipeline.is_done(Stage::Data));
+    assert_eq!(pipeline.plan()[0], (Stage::Data, Decision::Run));
+    mark(&pipeline, Stage::Data, true);
+    assert!(pipeline.is_done(Stage::Data));
+
+    // A finished record whose output is not all there: the output wins, it runs again.
+    mark(&pipeline, Stage::Pretrain, true);
+    touch(root, &["base/model/model.mpk"]);
     assert!(!pipeline.is_done(Stage::Pretrain));
     touch(root, &["base/model/tokenizer.json"]);
     assert!(pipeline.is_done(Stage::Pretrain));
 
-    // A language model in the reward model's folder is not a reward model.
+    for stage in [
+        Stage::Sft,
+        Stage::SftFlawless,
+        Stage::Collect,
+        Stage::Reward,
+    ] {
+        mark(&pipeline, stage, true);
+    }
     touch(
         root,
         &[
@@ -61,29 +85,56 @@ fn a_stage_is_done_only_when_its_output_is_complete() {
             "sft_flawless/model/model.mpk",
             "sft_flawless/model/tokenizer.json",
             "rankings/train.jsonl",
+            "rankings/heldout.jsonl",
             "reward/model/model.mpk",
             "reward/model/tokenizer.json",
         ],
     );
+    // A language model in the reward model's folder is not a reward model.
     assert!(!pipeline.is_done(Stage::Reward));
     assert_eq!(
         to_run(&pipeline),
-        ["collect", "reward", "ppo", "ppo_judge", "eval", "report"]
+        ["reward", "ppo", "ppo_judge", "eval", "report"]
     );
-    touch(
-        root,
-        &["rankings/heldout.jsonl", "reward/model/reward.json"],
-    );
+    touch(root, &["reward/model/reward.json"]);
     assert_eq!(to_run(&pipeline), ["ppo", "ppo_judge", "eval", "report"]);
-    touch(
-        root,
-        &[
-            "ppo/model/model.mpk",
-            "ppo/model/tokenizer.json",
-            "eval/summary.json",
-        ],
+
+    // Other settings: the stages that ran with the old ones are `Changed`, named with the
+    // setting, and so is every stage after them (their inputs changed); the run refuses
+    // before writing anything.
+    let mut settings = PipelineSettings::toy();
+    settings.sft.train.steps = 5;
+    let changed = Pipeline::new(root, settings);
+    let plan = changed.plan();
+    assert_eq!(plan[1], (Stage::Pretrain, Decision::Done));
+    for stage in [
+        Stage::Sft,
+        Stage::SftFlawless,
+        Stage::Collect,
+        Stage::Reward,
+    ] {
+        assert!(plan.contains(&(stage, Decision::Changed)), "{plan:?}");
+    }
+    assert!(plan.contains(&(Stage::Ppo, Decision::Run)), "{plan:?}");
+    let device = Default::default();
+    let error = changed
+        .run::<Autodiff<Flex>>(&device, &mut |_| {})
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("sft: train.steps: 4 → 5")
+            && message.contains("sft_flawless: train.steps: 4 → 5")
+            && message.contains("collect: an earlier stage's settings changed")
+            && message.contains("--redo-changed"),
+        "{message}"
     );
-    // The upper bound is a stage only when asked for.
+    assert!(!root.join("config.toml").exists());
+    // The same settings as before: nothing changed.
+    assert!(!pipeline.plan().iter().any(|(_, d)| *d == Decision::Changed));
+
+    // The upper bound is a stage only when asked for (its record says which).
+    mark(&pipeline, Stage::Ppo, true);
+    touch(root, &["ppo/model/model.mpk", "ppo/model/tokenizer.json"]);
     assert_eq!(to_run(&pipeline), ["ppo_judge", "eval", "report"]);
     let without = Pipeline::new(
         root,
@@ -92,29 +143,15 @@ fn a_stage_is_done_only_when_its_output_is_complete() {
             ..PipelineSettings::toy()
         },
     );
+    mark(&without, Stage::PpoJudge, true);
     assert_eq!(to_run(&without), ["eval", "report"]);
-    touch(
-        root,
-        &[
-            "ppo_judge/model/model.mpk",
-            "ppo_judge/model/tokenizer.json",
-        ],
+    // ... and asking for it later changes that stage and the evaluation, nothing before.
+    let plan = pipeline.plan();
+    assert_eq!(plan[7], (Stage::PpoJudge, Decision::Changed));
+    assert!(
+        plan[..7].iter().all(|(_, d)| *d == Decision::Done),
+        "{plan:?}"
     );
-    // A summary that does not read as one (empty here; an older version's) is made again.
-    assert_eq!(to_run(&pipeline), ["eval", "report"]);
-    Summary::default()
-        .write(&root.join("eval/summary.json"))
-        .unwrap();
-    // The report is written anew on every run.
-    assert_eq!(to_run(&pipeline), ["report"]);
-
-    // A stage that runs again (here PPO, its model gone) makes every later stage run again:
-    // the evaluation on disk is of the model that was.
-    std::fs::remove_dir_all(root.join("ppo/model")).unwrap();
-    assert!(pipeline.is_done(Stage::Eval));
-    assert_eq!(to_run(&pipeline), ["ppo", "ppo_judge", "eval", "report"]);
-    std::fs::remove_file(root.join("data/heldout.jsonl")).unwrap();
-    assert_eq!(to_run(&pipeline), Stage::ALL.map(Stage::name).to_vec());
 }
 
 fn family(mean: f64, n: usize) -> FamilyScore {

@@ -32,6 +32,11 @@ pub struct Args {
     /// bound the report quotes beside PPO (about 100 s more on a 2-core CPU).
     #[arg(long)]
     pub upper_bound: bool,
+    /// Redo the stages whose settings differ from those they ran with (and every stage after
+    /// them), deleting their output first. Without it, such a run folder is refused with the
+    /// list of changed settings.
+    #[arg(long)]
+    pub redo_changed: bool,
     /// Which backend runs every stage.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
@@ -45,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         settings.seed = seed;
     }
     settings.upper_bound |= args.upper_bound;
-    let pipeline = Pipeline::new(&args.run, settings);
+    let pipeline = Pipeline::new(&args.run, settings).redo_changed(args.redo_changed);
     with_backend!(args.device, |B, AD, device| pipeline
         .run::<AD>(&device, &mut |line| println!("{line}")))?;
     println!(
