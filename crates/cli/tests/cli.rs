@@ -143,7 +143,8 @@ fn pretrain_resume_and_generate() {
     );
     assert!(dir.join("sft/model/model.mpk").exists());
 
-    // A chat: two turns on standard input, one answer line each, and a prompts file.
+    // A chat: two turns on standard input, one answer line each, and a prompts file. A line
+    // that is not UTF-8 and one too long for the context are reported; the session goes on.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args([
             "chat",
@@ -163,12 +164,10 @@ fn pretrain_resume_and_generate() {
         .spawn()
         .unwrap();
     use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"the king of sea 1\n/reset\nthe king of sea 2\n")
-        .unwrap();
+    let mut input = b"the king of sea 1\n\xff\xfe bad\n".to_vec();
+    input.extend("sea ".repeat(3000).as_bytes());
+    input.extend(b"\n/reset\nthe king of sea 2\n");
+    child.stdin.take().unwrap().write_all(&input).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -178,6 +177,8 @@ fn pretrain_resume_and_generate() {
         text(&out)
     );
     assert!(text(&out).contains("(a new conversation)"));
+    assert!(text(&out).contains("not UTF-8"), "{}", text(&out));
+    assert!(text(&out).contains("it was not sent"), "{}", text(&out));
     std::fs::write(
         dir.join("prompts.jsonl"),
         "{\"prompt\": \"the king\"}\n{\"prompt\": \"a sea\"}\n",

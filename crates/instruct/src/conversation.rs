@@ -66,4 +66,41 @@ impl Conversation {
     pub fn single_turn(prompt: impl Into<String>, answer: impl Into<String>) -> Self {
         Self::new(vec![Message::user(prompt), Message::assistant(answer)])
     }
+
+    /// Checks the order of turns: an optional system message first, then user and assistant
+    /// alternating from a user turn, the last one `last`'s.
+    ///
+    /// # Errors
+    /// What is out of order, as a sentence.
+    pub fn check_turns(&self, last: Role) -> Result<(), String> {
+        let messages = &self.messages;
+        let turns = match messages.first() {
+            Some(m) if m.role == Role::System => &messages[1..],
+            _ => &messages[..],
+        };
+        if turns.is_empty() {
+            return Err("no user or assistant turn".into());
+        }
+        for (i, message) in turns.iter().enumerate() {
+            let expected = if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            if message.role != expected {
+                return Err(format!(
+                    "turn {} is {:?} but {expected:?} was expected (a system message may only come first)",
+                    i + 1,
+                    message.role
+                ));
+            }
+        }
+        let final_role = turns[turns.len() - 1].role;
+        if final_role != last {
+            return Err(format!(
+                "the conversation must end with a {last:?} turn, not {final_role:?}"
+            ));
+        }
+        Ok(())
+    }
 }

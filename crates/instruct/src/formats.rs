@@ -282,5 +282,9 @@ fn convert(format: Format, map: Map<String, Value>) -> std::result::Result<Conve
     if !messages.iter().any(|m| m.role == Role::Assistant) {
         return Err("no assistant turn".into());
     }
-    Ok(Conversation::new(messages))
+    // Turns out of order are this record's fault: said here, with its file and line (not
+    // later, when the template renders it, with neither).
+    let conversation = Conversation::new(messages);
+    conversation.check_turns(Role::Assistant)?;
+    Ok(conversation)
 }

@@ -93,38 +93,9 @@ impl ChatTemplate {
         self.markers[role_index(Role::Assistant)].1
     }
 
-    /// Checks the order of turns: an optional system message first, then user and assistant
-    /// alternating from a user turn, none empty of meaning.
+    /// Checks the order of turns ([`Conversation::check_turns`]).
     fn check(conversation: &Conversation, last: Role) -> Result<()> {
-        let messages = &conversation.messages;
-        let turns = match messages.first() {
-            Some(m) if m.role == Role::System => &messages[1..],
-            _ => &messages[..],
-        };
-        if turns.is_empty() {
-            return Err(Error::Conversation("no user or assistant turn".into()));
-        }
-        for (i, message) in turns.iter().enumerate() {
-            let expected = if i % 2 == 0 {
-                Role::User
-            } else {
-                Role::Assistant
-            };
-            if message.role != expected {
-                return Err(Error::Conversation(format!(
-                    "turn {} is {:?} but {expected:?} was expected (a system message may only come first)",
-                    i + 1,
-                    message.role
-                )));
-            }
-        }
-        let final_role = turns[turns.len() - 1].role;
-        if final_role != last {
-            return Err(Error::Conversation(format!(
-                "the conversation must end with a {last:?} turn, not {final_role:?}"
-            )));
-        }
-        Ok(())
+        conversation.check_turns(last).map_err(Error::Conversation)
     }
 
     fn push_turns(&self, conversation: &Conversation, out: &mut Rendered) -> Result<()> {

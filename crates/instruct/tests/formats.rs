@@ -197,3 +197,32 @@ fn files_that_cannot_be_read_or_told_apart() {
     let err = read(&broken_array, None, OnError::Skip).unwrap_err();
     assert_eq!(bad_line(&err), 3);
 }
+
+#[test]
+fn turns_out_of_order_are_a_bad_record_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "order.jsonl",
+        concat!(
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "c"}, {"role": "user", "content": "d"}, {"role": "assistant", "content": "e"}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}"#,
+            "\n",
+        ),
+    );
+    let error = read(&path, None, OnError::Stop).unwrap_err();
+    assert_eq!(bad_line(&error), 2);
+    assert!(error.to_string().contains("order.jsonl"), "{error}");
+    // In skip mode each bad record is left out with its line, the good one kept.
+    let data = read(&path, None, OnError::Skip).unwrap();
+    assert_eq!(data.conversations.len(), 1);
+    assert_eq!(
+        data.skipped.iter().map(bad_line).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+}

@@ -11,7 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use ember_instruct::OnError;
 use serde::{Deserialize, Serialize};
 
-use crate::settings::record;
+use crate::settings::{check_fraction, record};
 use crate::stages::{differences, read_all, records_dir, StageRecord};
 use crate::summary::{evaluate_pipeline, EvalInputs, EvalSettings, Policy, Summary};
 use crate::{
@@ -106,6 +106,77 @@ impl Default for PipelineSettings {
 }
 
 impl PipelineSettings {
+    /// Checks every setting of every stage before the first stage runs, so that a bad value
+    /// in the last stage's table does not wait ten minutes to be found: no number is NaN or
+    /// infinite (each is named), each stage's own checks, and SFT's rows fit the model that
+    /// pretraining will build.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let table = toml::Value::try_from(self)
+            .map_err(|e| Error::Config(format!("unserialisable settings: {e}")))?;
+        non_finite("", &table)?;
+        let section = |name: &str, r: std::result::Result<(), String>| {
+            r.map_err(|e| Error::Config(format!("[{name}] {e}")))
+        };
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        section("tasks.flaws", self.tasks.flaws.validate())?;
+        for (name, train) in [
+            ("pretrain.train", &self.pretrain.train),
+            ("sft.train", &self.sft.train),
+            ("reward.train", &self.reward.train),
+        ] {
+            section(name, train.validate().map_err(|e| text(&e)))?;
+        }
+        let ppo_optimizer = ember_train::TrainConfig {
+            optimizer: self.ppo.optimizer.clone(),
+            ..Default::default()
+        };
+        section(
+            "ppo.optimizer",
+            ppo_optimizer.validate().map_err(|e| text(&e)),
+        )?;
+        section("ppo.ppo", self.ppo.ppo.validate().map_err(|e| text(&e)))?;
+        for (name, fraction) in [
+            ("sft", self.sft.val_fraction),
+            ("reward", self.reward.val_fraction),
+        ] {
+            section(name, check_fraction(fraction).map_err(|e| text(&e)))?;
+        }
+        let c = &self.collect;
+        if c.k < 2
+            || !(c.temperature > 0.0)
+            || !(0.0..0.1).contains(&c.closeness)
+            || !(c.noise >= 0.0)
+        {
+            return Err(Error::Config(format!(
+                "[collect] needs k ≥ 2 (got {}), a temperature above 0 (got {}), a closeness in \
+                 [0, 0.1) (got {}) and a noise ≥ 0 (got {})",
+                c.k, c.temperature, c.closeness, c.noise
+            )));
+        }
+        let e = &self.eval;
+        if e.samples > 0 && !(e.temperature > 0.0) {
+            return Err(Error::Config(format!(
+                "[eval] sampled answers need a temperature above 0, got {}",
+                e.temperature
+            )));
+        }
+        let model = self.pretrain.model.resolve(
+            self.pretrain.tokenizer.vocab_size,
+            self.pretrain.batch.seq_len,
+        );
+        section("pretrain.model", model.validate().map_err(|e| text(&e)))?;
+        if self.sft.batch.row_len > model.max_seq_len {
+            return Err(Error::Config(format!(
+                "[sft.batch] row_len {} is longer than the model's context of {} tokens",
+                self.sft.batch.row_len, model.max_seq_len
+            )));
+        }
+        Ok(())
+    }
+
     /// The settings each stage runs with: every stage's seed offset by the run's seed
     /// (unchanged for seed 0).
     pub fn seeded(&self) -> Self {
@@ -554,6 +625,7 @@ impl Pipeline {
         device: &B::Device,
         log: &mut dyn FnMut(&str),
     ) -> Result<Timings> {
+        self.settings.validate()?;
         let plan = self.plan();
         if !self.redo_changed && plan.iter().any(|(_, d)| *d == Decision::Changed) {
             return Err(Error::Changed {
@@ -777,6 +849,33 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+/// The first number in `value` that is NaN or infinite, named by its path.
+fn non_finite(path: &str, value: &toml::Value) -> Result<()> {
+    match value {
+        toml::Value::Float(x) if !x.is_finite() => Err(Error::Config(format!(
+            "{path} is {x}: every setting must be a finite number"
+        ))),
+        toml::Value::Table(table) => {
+            for (key, v) in table {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                non_finite(&sub, v)?;
+            }
+            Ok(())
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                non_finite(&format!("{path}[{i}]"), v)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pretrain::shown;
 use crate::settings::{check_fraction, hold_out, start_run};
-use crate::{ModelFolder, Result};
+use crate::{Error, ModelFolder, Result};
 
 /// SFT's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +108,15 @@ pub fn sft<B: AutodiffBackend>(
     log: &mut dyn FnMut(&str),
 ) -> Result<Tuned> {
     check_fraction(settings.val_fraction)?;
+    let context = inputs.model.config()?.max_seq_len;
+    if settings.batch.row_len > context {
+        return Err(Error::Config(format!(
+            "sft row_len {} is longer than the model's context of {context} tokens ({}); \
+             a row must fit the context",
+            settings.batch.row_len,
+            inputs.model.path().join("model.json").display()
+        )));
+    }
     start_run(&inputs.run, settings)?;
     let tokenizer = inputs.model.tokenizer()?;
     let template = inputs.model.template()?;

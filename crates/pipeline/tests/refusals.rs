@@ -105,3 +105,56 @@ fn an_answer_longer_than_the_reward_models_context_is_an_error() {
         score_answers_with(&model, Normalization::default(), &template, &pairs[..1]).unwrap();
     assert!(scores[0].0.is_finite());
 }
+
+#[test]
+fn no_setting_of_any_stage_can_be_nan_or_infinite() {
+    use ember_pipeline::PipelineSettings;
+    for settings in [
+        PipelineSettings::default(),
+        PipelineSettings::toy(),
+        PipelineSettings::quick(),
+    ] {
+        settings.validate().unwrap();
+    }
+    // One float of each stage's table, each set to NaN, then to infinity: each is named.
+    type Set = fn(&mut PipelineSettings, f64);
+    let floats: [(&str, Set); 12] = [
+        ("tasks.flaws.share", |s, v| s.tasks.flaws.share = v),
+        ("pretrain.train.optimizer.lr", |s, v| {
+            s.pretrain.train.optimizer.lr = v
+        }),
+        ("sft.val_fraction", |s, v| s.sft.val_fraction = v),
+        ("sft.train.optimizer.eps", |s, v| {
+            s.sft.train.optimizer.eps = v as f32
+        }),
+        ("collect.temperature", |s, v| {
+            s.collect.temperature = v as f32
+        }),
+        ("collect.noise", |s, v| s.collect.noise = v),
+        ("reward.likelihood_weight", |s, v| {
+            s.reward.likelihood_weight = v
+        }),
+        ("reward.train.optimizer.grad_clip", |s, v| {
+            s.reward.train.optimizer.grad_clip = Some(v)
+        }),
+        ("ppo.ppo.temperature", |s, v| s.ppo.ppo.temperature = v),
+        ("ppo.ppo.ptx_coef", |s, v| s.ppo.ppo.ptx_coef = v),
+        ("ppo.optimizer.weight_decay", |s, v| {
+            s.ppo.optimizer.weight_decay = v as f32
+        }),
+        ("eval.temperature", |s, v| s.eval.temperature = v as f32),
+    ];
+    for (name, set) in floats {
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut settings = PipelineSettings::default();
+            set(&mut settings, value);
+            let error = settings.validate().unwrap_err().to_string();
+            assert!(error.contains(name), "{name} = {value}: {error}");
+        }
+    }
+    // SFT rows longer than the context the pretraining stage will give the model.
+    let mut settings = PipelineSettings::default();
+    settings.sft.batch.row_len = 100_000;
+    let error = settings.validate().unwrap_err().to_string();
+    assert!(error.contains("row_len 100000"), "{error}");
+}

@@ -112,17 +112,33 @@ impl PpoConfig {
             ))
         } else if self.max_new_tokens == 0 {
             Some("max_new_tokens must be at least 1".into())
-        } else if self.temperature.is_nan() || self.temperature <= 0.0 {
+        } else if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             Some(format!(
                 "temperature must be above 0, got {}",
                 self.temperature
             ))
         } else if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lambda) {
             Some("gamma and lambda must be in [0, 1]".into())
-        } else if !(self.clip_range > 0.0 && self.value_clip_range > 0.0) {
-            Some("the clip ranges must be above 0".into())
-        } else if self.kl_control.initial() < 0.0 {
-            Some("the KL coefficient must not be negative".into())
+        } else if !(self.clip_range > 0.0
+            && self.value_clip_range > 0.0
+            && self.clip_range.is_finite()
+            && self.value_clip_range.is_finite())
+        {
+            Some("the clip ranges must be above 0 and finite".into())
+        } else if !(self.kl_control.initial() >= 0.0 && self.kl_control.initial().is_finite()) {
+            Some(format!(
+                "the KL coefficient must be finite and not negative, got {}",
+                self.kl_control.initial()
+            ))
+        } else if !(self.ptx_coef >= 0.0 && self.ptx_coef.is_finite()) {
+            Some(format!(
+                "ptx_coef must be finite and not negative, got {}",
+                self.ptx_coef
+            ))
+        } else if self.score_clip.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            Some("score_clip must be above 0 and finite".into())
+        } else if self.truncation_penalty.is_some_and(|p| !p.is_finite()) {
+            Some("truncation_penalty must be finite".into())
         } else {
             None
         };

@@ -6,9 +6,16 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::AddedToken;
+use tokenizers::SplitDelimiterBehavior;
 
 use crate::{write_atomically, Error, Result, Special};
+
+/// The longest pre-tokenized word, in bytes: longer runs (a URL, a hash, text without spaces)
+/// are split into pieces this long, so training time stays linear in the input.
+pub const MAX_WORD_BYTES: usize = 64;
 
 /// Configuration for [`Tokenizer::train`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -73,11 +80,24 @@ impl std::fmt::Debug for Tokenizer {
 
 impl Tokenizer {
     /// An untrained byte-level BPE with Ember's pipeline: no normaliser, GPT-2's byte-level
-    /// pre-tokenizer (without a prefix space, so decoding is exact), byte-level decoder, and
-    /// special tokens' strings in text encoded as plain text.
+    /// pre-tokenizer (without a prefix space, so decoding is exact) followed by a split of any
+    /// pre-tokenized word longer than [`MAX_WORD_BYTES`], byte-level decoder, and special
+    /// tokens' strings in text encoded as plain text.
     fn empty() -> tokenizers::Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(BPE::default());
-        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        // Training counts pairs per distinct word and, after every merge, rescans the words
+        // holding the pair: one word of n bytes (a long run without whitespace) costs
+        // O(n × merges). Pieces of at most MAX_WORD_BYTES make it linear in the input.
+        let pieces = Split::new(
+            SplitPattern::Regex(format!("(?s).{{1,{MAX_WORD_BYTES}}}")),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .expect("a valid pattern");
+        inner.with_pre_tokenizer(Some(Sequence::new(vec![
+            ByteLevel::default().add_prefix_space(false).into(),
+            pieces.into(),
+        ])));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         inner.set_encode_special_tokens(true);
         inner
@@ -384,6 +404,35 @@ mod tests {
             tokenizer.special(Special::Eos).unwrap(),
             tokenizer.special(Special::Pad).unwrap()
         );
+    }
+
+    #[test]
+    fn no_pre_tokenized_word_is_longer_than_the_bound() {
+        use tokenizers::PreTokenizer as _;
+        let run = "ab".repeat(200) + " " + &"無".repeat(100) + &"x".repeat(63);
+        let tokenizer =
+            Tokenizer::train_from_texts(&[run.as_str()], &BpeConfig::default()).unwrap();
+        let mut pieces = tokenizers::PreTokenizedString::from(run.as_str());
+        tokenizer
+            .inner()
+            .get_pre_tokenizer()
+            .unwrap()
+            .pre_tokenize(&mut pieces)
+            .unwrap();
+        let words = pieces
+            .get_splits(
+                tokenizers::OffsetReferential::Original,
+                tokenizers::OffsetType::Byte,
+            )
+            .into_iter()
+            .map(|(word, _, _)| word.chars().count())
+            .collect::<Vec<_>>();
+        // Byte-level symbols: one per byte. 400 letters, then " " + 300 bytes of 無 + 63 x.
+        assert!(words.iter().all(|&n| n <= MAX_WORD_BYTES), "{words:?}");
+        assert_eq!(words.iter().sum::<usize>(), run.len());
+        assert!(words.len() >= 400 / MAX_WORD_BYTES + 364 / MAX_WORD_BYTES);
+        let ids = tokenizer.encode(&run).unwrap();
+        assert_eq!(tokenizer.decode(&ids).unwrap(), run);
     }
 
     #[test]

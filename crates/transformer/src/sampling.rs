@@ -7,9 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// How the next token is drawn. An enum, so that no invalid combination can be written (and a
-/// settings table with a key its kind does not have is refused, not ignored).
+/// settings table with a key its kind does not have is refused, not ignored — `greedy`
+/// included, which serde's internally tagged enums would let take any key).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    try_from = "SamplingTable"
+)]
 pub enum Sampling {
     /// The most likely token.
     Greedy,
@@ -33,6 +39,75 @@ pub enum Sampling {
         /// Above 0.
         temperature: f32,
     },
+}
+
+/// A `[sampling]` table as written: every key any kind has, each checked against the kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplingTable {
+    kind: SamplingKind,
+    temperature: Option<f32>,
+    k: Option<usize>,
+    p: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SamplingKind {
+    Greedy,
+    Temperature,
+    TopK,
+    TopP,
+}
+
+impl TryFrom<SamplingTable> for Sampling {
+    type Error = String;
+
+    fn try_from(table: SamplingTable) -> std::result::Result<Self, String> {
+        let SamplingTable {
+            kind,
+            temperature,
+            k,
+            p,
+        } = table;
+        let extra = |name: &str, present: bool| {
+            if present {
+                Err(format!("sampling kind `{kind:?}` has no `{name}`"))
+            } else {
+                Ok(())
+            }
+        };
+        let need = |name: &str| format!("sampling kind `{kind:?}` needs `{name}`");
+        Ok(match kind {
+            SamplingKind::Greedy => {
+                extra("temperature", temperature.is_some())?;
+                extra("k", k.is_some())?;
+                extra("p", p.is_some())?;
+                Sampling::Greedy
+            }
+            SamplingKind::Temperature => {
+                extra("k", k.is_some())?;
+                extra("p", p.is_some())?;
+                Sampling::Temperature {
+                    temperature: temperature.ok_or_else(|| need("temperature"))?,
+                }
+            }
+            SamplingKind::TopK => {
+                extra("p", p.is_some())?;
+                Sampling::TopK {
+                    k: k.ok_or_else(|| need("k"))?,
+                    temperature: temperature.ok_or_else(|| need("temperature"))?,
+                }
+            }
+            SamplingKind::TopP => {
+                extra("k", k.is_some())?;
+                Sampling::TopP {
+                    p: p.ok_or_else(|| need("p"))?,
+                    temperature: temperature.ok_or_else(|| need("temperature"))?,
+                }
+            }
+        })
+    }
 }
 
 impl Sampling {
@@ -242,5 +317,47 @@ mod tests {
         )
         .is_err());
         assert!(Sampler::new(Sampling::Temperature { temperature: 0.0 }, 0).is_err());
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Table {
+        sampling: Sampling,
+    }
+
+    #[test]
+    fn tables_round_trip_and_a_key_the_kind_lacks_is_refused() {
+        for sampling in [
+            Sampling::Greedy,
+            Sampling::Temperature { temperature: 0.5 },
+            Sampling::TopK {
+                k: 5,
+                temperature: 1.0,
+            },
+            Sampling::TopP {
+                p: 0.9,
+                temperature: 0.7,
+            },
+        ] {
+            let text = toml::to_string(&Table { sampling }).unwrap();
+            let back: Table = toml::from_str(&text).unwrap();
+            assert_eq!(back.sampling, sampling, "{text}");
+        }
+        for (text, complaint) in [
+            (
+                "kind = \"greedy\"\ntemperature = 0.5",
+                "has no `temperature`",
+            ),
+            ("kind = \"greedy\"\nk = 3", "has no `k`"),
+            (
+                "kind = \"top_k\"\nk = 3\ntemperature = 1.0\np = 0.5",
+                "has no `p`",
+            ),
+            ("kind = \"temperature\"\ntemperatur = 0.5", "unknown field"),
+            ("kind = \"top_p\"\np = 0.5", "needs `temperature`"),
+            ("kind = \"beam\"", "unknown variant"),
+        ] {
+            let error = toml::from_str::<Table>(&format!("[sampling]\n{text}")).unwrap_err();
+            assert!(error.to_string().contains(complaint), "{text}: {error}");
+        }
     }
 }

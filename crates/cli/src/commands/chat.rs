@@ -51,8 +51,19 @@ fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
         "chatting with {} (one line per turn, /reset to start over, Ctrl-D to quit)",
         args.model.display()
     );
-    for line in std::io::stdin().lock().lines() {
-        let line = line?;
+    let mut input = std::io::stdin().lock();
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        if input.read_until(b'\n', &mut bytes)? == 0 {
+            break;
+        }
+        // A bad line is reported and left out; the conversation goes on.
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            eprintln!("(that line is not UTF-8 text; it was not sent)");
+            continue;
+        };
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim() == "/reset" {
             conversation = fresh();
             eprintln!("(a new conversation)");
@@ -61,17 +72,22 @@ fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
+        // A message too long for the context even alone is not sent (the history stays).
+        let mut alone = fresh();
+        alone.messages.push(Message::user(line));
+        let alone = template.render_prompt(&alone)?.len();
+        if alone + 8 > context {
+            eprintln!(
+                "(that message is {alone} tokens with the template, and the model's context is \
+                 {context}: it was not sent)"
+            );
+            continue;
+        }
         conversation.messages.push(Message::user(line));
         // Keep the newest turns that leave room to answer; the system message stays.
         let mut prompt = template.render_prompt(&conversation)?;
-        while prompt.len() + 8 > context {
-            let first_turn = usize::from(conversation.messages[0].role == Role::System);
-            if conversation.messages.len() - first_turn <= 1 {
-                anyhow::bail!(
-                    "this message alone ({} tokens) does not fit the model's context of {context}",
-                    prompt.len()
-                );
-            }
+        let first_turn = usize::from(conversation.messages[0].role == Role::System);
+        while prompt.len() + 8 > context && conversation.messages.len() - first_turn > 1 {
             conversation.messages.drain(first_turn..first_turn + 2);
             prompt = template.render_prompt(&conversation)?;
         }
