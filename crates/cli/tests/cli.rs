@@ -298,7 +298,12 @@ fn pretrain_resume_and_generate() {
         assert!(answers.iter().all(|p| *p == answers[0]), "{answers:?}");
     }
     assert_ne!(prompts[0], prompts[3]);
-    assert_eq!(ember(&sampled, dir).stdout, out.stdout, "seeded");
+    // The same again (over the file it wrote: --force) gives the same answers.
+    let refused = ember(&sampled, dir);
+    assert!(text(&refused).contains("sampled.jsonl exists; pass --force"));
+    let mut again = sampled.to_vec();
+    again.push("--force");
+    assert_eq!(ember(&again, dir).stdout, out.stdout, "seeded");
     let greedy_samples = ember(&["eval", "--model", "sft/model", "--samples", "2"], dir);
     assert!(!greedy_samples.status.success());
     assert!(
@@ -355,7 +360,26 @@ fn pretrain_resume_and_generate() {
 fn bad_input_gets_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 11] = [
+        (
+            &[
+                "reward",
+                "collect",
+                "--model",
+                "nowhere",
+                "-o",
+                "kept.jsonl",
+            ],
+            "kept.jsonl exists; pass --force",
+        ),
+        (
+            &["tokenizer", "train", "latin1.txt", "-o", "kept.json"],
+            "kept.json exists; pass --force",
+        ),
+        (
+            &["eval", "--model", "nowhere", "--output", "kept.jsonl"],
+            "kept.jsonl exists; pass --force",
+        ),
         (
             &[
                 "reward",
@@ -390,6 +414,8 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
         ),
     ];
     std::fs::write(dir.join("bad.toml"), "[train]\nstep = 3\n").unwrap();
+    std::fs::write(dir.join("kept.jsonl"), "{}\n").unwrap();
+    std::fs::write(dir.join("kept.json"), "{}\n").unwrap();
     for (args, expected) in cases {
         let out = ember(args, dir);
         let log = text(&out);
@@ -400,6 +426,15 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
         );
         assert!(!log.contains("panicked"), "{args:?}: {log}");
     }
+    // What the refused commands would have replaced is untouched.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("kept.jsonl")).unwrap(),
+        "{}\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("kept.json")).unwrap(),
+        "{}\n"
+    );
     let non_utf8 = dir.join("latin1.txt");
     std::fs::write(&non_utf8, b"caf\xe9\n").unwrap();
     let out = ember(&["tokenizer", "train", "latin1.txt"], dir);

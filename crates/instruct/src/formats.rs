@@ -48,7 +48,24 @@ pub struct Dataset {
 /// A file that cannot be read; the first malformed record under [`OnError::Stop`]; a file
 /// whose format cannot be told.
 pub fn read(path: &Path, format: Option<Format>, on_error: OnError) -> Result<Dataset> {
-    let records = read_records(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text, format, on_error)
+}
+
+/// [`read`] on text already read from `path` (which only names the file in errors).
+///
+/// # Errors
+/// As [`read`].
+pub fn parse(
+    path: &Path,
+    text: &str,
+    format: Option<Format>,
+    on_error: OnError,
+) -> Result<Dataset> {
+    let records = parse_records(path, text)?;
     let format = match format {
         Some(f) => f,
         None => detect(path, &records)?,
@@ -87,7 +104,7 @@ pub fn read_records(path: &Path) -> Result<Records> {
         path: path.to_path_buf(),
         source,
     })?;
-    records(path, &text)
+    parse_records(path, &text)
 }
 
 fn object(value: Value) -> std::result::Result<Map<String, Value>, String> {
@@ -109,7 +126,11 @@ pub fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn records(path: &Path, text: &str) -> Result<Records> {
+/// [`read_records`] on text already read from `path` (which only names the file in errors).
+///
+/// # Errors
+/// A JSON array that does not parse.
+pub fn parse_records(path: &Path, text: &str) -> Result<Records> {
     if text.trim_start().starts_with('[') {
         // A JSON array: find where each element starts to report its line.
         let elements: Vec<&RawValue> =

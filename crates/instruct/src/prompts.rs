@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::formats::{kind, read_records, turns, Invalid};
+use crate::formats::{kind, parse_records, turns, Invalid};
 use crate::{Conversation, Error, Message, OnError, Result, Role};
 
 /// One prompt record.
@@ -51,13 +51,14 @@ pub fn parse_prompt(value: &Value) -> std::result::Result<Conversation, Invalid>
     Ok(prompt)
 }
 
-/// Checks that a prompt ends with the user's turn.
+/// Checks that a prompt's turns are in order and end with the user's turn (so that the
+/// template renders it).
 ///
 /// # Errors
-/// An empty prompt, or one ending with another role.
+/// An empty prompt, turns out of order, or one ending with another role.
 pub fn check_prompt(prompt: &Conversation) -> std::result::Result<(), Invalid> {
     match prompt.messages.last() {
-        Some(m) if m.role == Role::User => Ok(()),
+        Some(m) if m.role == Role::User => prompt.check_turns(Role::User).map_err(Invalid),
         Some(m) => Err(Invalid(format!(
             "the prompt must end with a user turn, not {:?}",
             m.role
@@ -71,8 +72,25 @@ pub fn check_prompt(prompt: &Conversation) -> std::result::Result<(), Invalid> {
 /// # Errors
 /// A file that cannot be read; the first malformed record under [`OnError::Stop`].
 pub fn read_prompts(path: &Path, needs_answer: bool, on_error: OnError) -> Result<Prompts> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_prompts(path, &text, needs_answer, on_error)
+}
+
+/// [`read_prompts`] on text already read from `path` (which only names the file in errors).
+///
+/// # Errors
+/// As [`read_prompts`].
+pub fn parse_prompts(
+    path: &Path,
+    text: &str,
+    needs_answer: bool,
+    on_error: OnError,
+) -> Result<Prompts> {
     let mut out = Prompts::default();
-    for (line, record) in read_records(path)? {
+    for (line, record) in parse_records(path, text)? {
         let parsed = record.and_then(|map| {
             let value = map.get("prompt").ok_or("missing `prompt`")?;
             let prompt = parse_prompt(value)?;

@@ -327,9 +327,14 @@ mod tests {
             path,
         )
         .unwrap_err();
-        assert!(error.to_string().contains("unknown field `p`"), "{error}");
-        // (serde does not check a unit variant's extra keys: `kind = "greedy"` with a
-        // `temperature` still reads as greedy.)
+        assert!(error.to_string().contains("`top_k` has no `p`"), "{error}");
+        // Greedy too: a unit variant's extra keys are refused (serde alone would not).
+        let error = parse::<Generation>("[sampling]\nkind = \"greedy\"\ntemperature = 0.5\n", path)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("`greedy` has no `temperature`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ember_transformer::{
 use crate::metric;
 use crate::sample::{gather_answers, padded_rows, PaddedRows};
 use crate::{
-    entropy, explained_variance, gae, shaped_score, token_logprobs, token_rewards, whiten,
+    entropy, explained_variance, gae, shaped_score, token_logprobs, token_rewards, whiten, Error,
     PpoConfig, Prompt, Result, Sample,
 };
 
@@ -96,10 +96,22 @@ pub fn rollout<B: Backend>(
     let outputs = generate(policy, &ids, &generation)?;
     let mut samples = Vec::with_capacity(prompts.len());
     let mut reward_rows = Vec::with_capacity(prompts.len());
+    let reward_context = frozen.reward.trunk().config().max_seq_len;
     for ((index, prompt), output) in prompts.iter().zip(outputs) {
         let content = output.content();
         let mut reward_row = prompt.ids.clone();
         reward_row.extend(content);
+        // An answer that filled the context has no room for the end marker the reward model
+        // reads its score at: its last tokens give way to it (such an answer is unfinished,
+        // and `truncation_penalty`, when set, replaces its score anyway).
+        if prompt.ids.len() >= reward_context {
+            return Err(Error::Config(format!(
+                "a prompt of {} tokens leaves no room in the reward model's context of \
+                 {reward_context}",
+                prompt.ids.len()
+            )));
+        }
+        reward_row.truncate(reward_context - 1);
         reward_row.push(frozen.stop_token);
         reward_rows.push(reward_row);
         let mut row = prompt.ids.clone();

@@ -193,3 +193,37 @@ fn a_policy_and_a_critic_from_the_same_weights_do_not_share_parameters() {
     assert_eq!(unique.len(), all.len());
     assert_eq!(pair.num_params(), 2 * pair.policy.num_params() + 33);
 }
+
+#[test]
+fn an_answer_that_fills_the_context_is_scored_without_overflowing_it() {
+    // Context 32, prompts of up to 4 tokens, up to 64 new tokens: every unfinished answer fills
+    // the context, and the reward model's end marker must still fit in it.
+    let policy = model::<Inner>(1);
+    let critic = RewardModel::new(model::<Inner>(2), 0.0);
+    // A reference that never stops (no stop tokens but the marker the policy never draws).
+    let environment = Environment {
+        other_stops: Vec::new(),
+        ..environment(policy.clone(), RewardModel::new(model::<Inner>(3), 1.0))
+    };
+    let prompts = prompts(6);
+    let picked = prompts.iter().enumerate().collect::<Vec<_>>();
+    let config = PpoConfig {
+        max_new_tokens: 64,
+        ..Default::default()
+    };
+    let inputs = RolloutInputs {
+        policy: &policy,
+        critic: &critic,
+        prompts: &picked,
+        sampling: Sampling::Temperature { temperature: 1.0 },
+        beta: 0.1,
+        seed: 7,
+    };
+    let samples = rollout(&environment, &inputs, &config, &decode, &|_| {}).unwrap();
+    let full = samples.iter().filter(|s| s.row.len() == 32).count();
+    assert!(full > 0, "no answer filled the context");
+    for s in &samples {
+        assert!(s.row.len() <= 32);
+        assert!(s.score.is_finite());
+    }
+}

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use ember_instruct::formats::{kind, read_records, text_field, turns};
+use ember_instruct::formats::{kind, parse_records, text_field, turns};
 use ember_instruct::{check_prompt, parse_prompt};
 use ember_instruct::{Conversation, Message, OnError, Role};
 use serde_json::{json, Map, Value};
@@ -200,7 +200,16 @@ pub struct Rankings {
 /// # Errors
 /// A file that cannot be read; the first malformed record under [`OnError::Stop`].
 pub fn read_rankings(path: &Path, on_error: OnError) -> Result<Rankings> {
-    let records = read_records(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_rankings(path, &text, on_error)
+}
+
+/// [`read_rankings`] on text already read from `path` (which only names the file in errors).
+///
+/// # Errors
+/// As [`read_rankings`].
+pub fn parse_rankings(path: &Path, text: &str, on_error: OnError) -> Result<Rankings> {
+    let records = parse_records(path, text)?;
     let mut out = Rankings::default();
     for (line, record) in records {
         let parsed = record

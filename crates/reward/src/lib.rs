@@ -11,7 +11,7 @@ mod model;
 mod objective;
 
 pub use collect::{collect_rankings, CollectConfig, CollectPrompt, Collected};
-pub use data::{read_rankings, write_rankings, Ranking, Rankings};
+pub use data::{parse_rankings, read_rankings, write_rankings, Ranking, Rankings};
 pub use encode::{answer_row, encode_rankings, EncodedRanking};
 pub use error::{Error, Result};
 pub use evaluate::{

@@ -73,8 +73,10 @@ pub enum Error {
     /// the objective crate's `Error` to tell what happened.
     #[error(transparent)]
     Objective(Box<dyn std::error::Error + Send + Sync + 'static>),
-    /// The loss became NaN or infinite.
-    #[error("the loss diverged to {loss} at step {step}; lower the learning rate")]
+    /// The loss, or the gradients' norm, became NaN or infinite.
+    #[error(
+        "the loss or its gradients diverged to {loss} at step {step}; lower the learning rate"
+    )]
     Diverged {
         /// The optimizer step.
         step: usize,

@@ -268,6 +268,14 @@ where
             Some(max) => clip_global_norm::<B, M>(&model, &mut grads, max),
             None => global_grad_norm::<B, M>(&model, &mut grads),
         };
+        // A finite loss can still have NaN or infinite gradients (an overflow in the backward
+        // pass): one step with them would write NaN into every weight.
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                loss: grad_norm,
+            });
+        }
         let decay_grads = split_grads::<B, M>(&model, &mut grads, &groups.decay);
         model = decayed.step(lr, model, decay_grads);
         model = undecayed.step(lr, model, grads);

@@ -266,3 +266,40 @@ fn a_damaged_checkpoint_is_named_never_resumed_from() {
         }
     }
 }
+
+/// A finite loss whose gradient is not: d√x/dx at x = 0 is infinite.
+struct InfiniteGradient;
+
+impl Objective<B, Decoder<B>> for InfiniteGradient {
+    fn loss(&mut self, model: &Decoder<B>, _batch: MicroBatch) -> ember_train::Result<Loss<B>> {
+        let rows = vec![vec![1u32, 5, 9, 2, 7, 3]];
+        let batch = TokenBatch::from_rows(&rows, &Default::default())?;
+        let loss = model.loss(&batch)?;
+        let zero = loss.clone().mul_scalar(0.0).sqrt();
+        Ok(Loss::new(loss.add(zero), batch.n_targets))
+    }
+
+    fn validate(&mut self, _model: &Decoder<Inner>) -> ember_train::Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn non_finite_gradients_stop_training_before_the_weights_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let config = TrainConfig {
+        steps: 2,
+        progress: false,
+        eval_every: None,
+        checkpoint_every: NonZeroUsize::new(1),
+        ..Default::default()
+    };
+    let device = Default::default();
+    let model = DecoderConfig::new(50, 16, 2, 2, 16)
+        .init::<B>(&device)
+        .unwrap();
+    let error = fit(model, &mut InfiniteGradient, &config, &run).unwrap_err();
+    assert!(matches!(error, Error::Diverged { step: 0, .. }), "{error}");
+    assert!(!run.checkpoints().exists());
+}

@@ -105,6 +105,29 @@ impl DecoderConfig {
                 self.head_dim()
             ));
         }
+        if self.d_ff == Some(0) {
+            return fail("d_ff must be positive".into());
+        }
+        // Written so that NaN fails each check (found by fuzzing model.json: a norm_eps of 0
+        // passed here and panicked in burn's RmsNorm).
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return fail(format!(
+                "norm_eps must be positive and finite, got {}",
+                self.norm_eps
+            ));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return fail(format!(
+                "rope_theta must be positive and finite, got {}",
+                self.rope_theta
+            ));
+        }
+        if !(self.init_std >= 0.0 && self.init_std.is_finite()) {
+            return fail(format!(
+                "init_std must be finite and not negative, got {}",
+                self.init_std
+            ));
+        }
         Ok(())
     }
 

@@ -60,6 +60,17 @@ enum SamplingKind {
     TopP,
 }
 
+impl std::fmt::Display for SamplingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Greedy => "greedy",
+            Self::Temperature => "temperature",
+            Self::TopK => "top_k",
+            Self::TopP => "top_p",
+        })
+    }
+}
+
 impl TryFrom<SamplingTable> for Sampling {
     type Error = String;
 
@@ -72,12 +83,12 @@ impl TryFrom<SamplingTable> for Sampling {
         } = table;
         let extra = |name: &str, present: bool| {
             if present {
-                Err(format!("sampling kind `{kind:?}` has no `{name}`"))
+                Err(format!("sampling kind `{kind}` has no `{name}`"))
             } else {
                 Ok(())
             }
         };
-        let need = |name: &str| format!("sampling kind `{kind:?}` needs `{name}`");
+        let need = |name: &str| format!("sampling kind `{kind}` needs `{name}`");
         Ok(match kind {
             SamplingKind::Greedy => {
                 extra("temperature", temperature.is_some())?;

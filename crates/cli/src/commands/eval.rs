@@ -39,6 +39,9 @@ pub struct Args {
     /// Write every prompt, answer and score to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Replace `--output` if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Which backend runs the model.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
@@ -46,6 +49,9 @@ pub struct Args {
 
 /// Runs `ember eval`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(output) = &args.output {
+        super::refuse_to_replace(output, args.force)?;
+    }
     let answering = Answering {
         temperature: args.temperature,
         samples: args.samples,

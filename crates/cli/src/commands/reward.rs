@@ -91,12 +91,16 @@ pub struct CollectArgs {
     /// Seed of the prompts, the answers and the noise.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Replace `--output` if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Which backend generates.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
 }
 
 fn collect_rankings(args: CollectArgs) -> anyhow::Result<()> {
+    super::refuse_to_replace(&args.output, args.force)?;
     let job = CollectJob {
         model: ModelFolder::new(args.model),
         output: args.output,
@@ -183,6 +187,9 @@ pub struct EvalArgs {
     /// Write the rankings with the model's normalised scores (`reward`) to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Replace `--output` if it exists (never `--data` itself).
+    #[arg(long)]
+    pub force: bool,
     /// Stop at the first malformed record instead of skipping and counting them.
     #[arg(long)]
     pub strict: bool,
@@ -192,6 +199,15 @@ pub struct EvalArgs {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    if let Some(output) = &args.output {
+        if output.canonicalize().ok() == args.data.canonicalize().ok() && output.exists() {
+            anyhow::bail!(
+                "--output {} is the --data file; write the scored rankings elsewhere",
+                output.display()
+            );
+        }
+        super::refuse_to_replace(output, args.force)?;
+    }
     let folder = ModelFolder::new(&args.model);
     let template = folder.template()?;
     let rankings = load_rankings(&args.data, on_error(args.strict), &mut |l| println!("{l}"))?;

@@ -22,10 +22,15 @@ pub struct TrainArgs {
     /// A TOML file with `vocab_size`, `min_frequency`, `show_progress`.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Replace `--output` if it exists (models trained with the old tokenizer then no longer
+    /// read their ids right).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Trains and saves a tokenizer.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    super::refuse_to_replace(&args.output, args.force)?;
     let mut config: BpeConfig = settings::load(args.config.as_deref())?;
     if let Some(v) = args.vocab_size {
         config.vocab_size = v;
