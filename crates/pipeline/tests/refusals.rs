@@ -158,3 +158,36 @@ fn no_setting_of_any_stage_can_be_nan_or_infinite() {
     let error = settings.validate().unwrap_err().to_string();
     assert!(error.contains("row_len 100000"), "{error}");
 }
+
+#[test]
+fn sft_rows_longer_than_the_models_context_are_refused_before_training() {
+    use ember_pipeline::{sft, SftSettings, TuneInputs};
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = tokenizer(dir.path());
+    let model = config(&tokenizer, 64)
+        .init::<Flex>(&Default::default())
+        .unwrap();
+    let folder = ModelFolder::new(dir.path().join("model"));
+    folder.save(&model, &tokenizer).unwrap();
+    let data = dir.path().join("sft.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"2 + 3\", \"completion\": \"5\"}\n").unwrap();
+    let mut settings = SftSettings::default();
+    settings.batch.row_len = 100_000;
+    let inputs = TuneInputs {
+        model: folder,
+        data,
+        val: None,
+        run: dir.path().join("run"),
+        on_error: ember_instruct::OnError::Stop,
+    };
+    let error =
+        sft::<burn::backend::Autodiff<Flex>>(&inputs, &settings, &Default::default(), &mut |_| {})
+            .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("row_len 100000 is longer than the model's context of 64"),
+        "{error}"
+    );
+    assert!(!dir.path().join("run").exists(), "nothing written");
+}

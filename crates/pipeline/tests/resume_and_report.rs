@@ -154,6 +154,33 @@ fn a_stage_is_done_only_when_its_record_and_its_output_say_so() {
     );
 }
 
+#[test]
+fn a_stages_time_adds_up_over_its_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::new(dir.path(), PipelineSettings::toy());
+    let device = Default::default();
+    // The data stage twice (as a run killed during it, then resumed): one record, two
+    // attempts, the seconds of both.
+    pipeline
+        .run_stage::<Autodiff<Flex>>(Stage::Data, &device, &mut |_| {})
+        .unwrap();
+    let read = || {
+        ember_pipeline::StageRecord::read(&pipeline.folder().record(Stage::Data))
+            .unwrap()
+            .unwrap()
+    };
+    let first = read();
+    assert!(first.complete && first.attempts == 1 && first.seconds > 0.0);
+    pipeline
+        .run_stage::<Autodiff<Flex>>(Stage::Data, &device, &mut |_| {})
+        .unwrap();
+    let second = read();
+    assert_eq!(second.attempts, 2);
+    assert!(second.seconds > first.seconds);
+    assert!(pipeline.is_done(Stage::Data));
+    assert_eq!(pipeline.timings().unwrap()["data"], second.seconds);
+}
+
 fn family(mean: f64, n: usize) -> FamilyScore {
     FamilyScore {
         mean,
