@@ -145,11 +145,13 @@ impl PipelineSettings {
             section(name, check_fraction(fraction).map_err(|e| text(&e)))?;
         }
         let c = &self.collect;
-        if c.k < 2
-            || !(c.temperature > 0.0)
-            || !(0.0..0.1).contains(&c.closeness)
-            || !(c.noise >= 0.0)
-        {
+        let fine = c.k >= 2
+            && c.temperature > 0.0
+            && c.temperature.is_finite()
+            && (0.0..0.1).contains(&c.closeness)
+            && c.noise >= 0.0
+            && c.noise.is_finite();
+        if !fine {
             return Err(Error::Config(format!(
                 "[collect] needs k ≥ 2 (got {}), a temperature above 0 (got {}), a closeness in \
                  [0, 0.1) (got {}) and a noise ≥ 0 (got {})",
@@ -157,7 +159,7 @@ impl PipelineSettings {
             )));
         }
         let e = &self.eval;
-        if e.samples > 0 && !(e.temperature > 0.0) {
+        if e.samples > 0 && !(e.temperature > 0.0 && e.temperature.is_finite()) {
             return Err(Error::Config(format!(
                 "[eval] sampled answers need a temperature above 0, got {}",
                 e.temperature
