@@ -29,7 +29,9 @@ pub struct Args {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Also run PPO with the judge itself as the reward (a perfect reward model): the upper
-    /// bound the report quotes beside PPO (about 100 s more on a 2-core CPU).
+    /// bound the report quotes beside PPO (about 100 s more on a 2-core CPU). On a run folder
+    /// finished without it, add --redo-changed: the upper bound and the evaluation are redone,
+    /// the stages before them stay done.
     #[arg(long)]
     pub upper_bound: bool,
     /// Redo the stages whose settings differ from those they ran with (and every stage after
