@@ -48,11 +48,15 @@ pub struct Dataset {
 /// A file that cannot be read; the first malformed record under [`OnError::Stop`]; a file
 /// whose format cannot be told.
 pub fn read(path: &Path, format: Option<Format>, on_error: OnError) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    parse(path, &read_text(path)?, format, on_error)
+}
+
+/// The text of a data file.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(path, &text, format, on_error)
+    })
 }
 
 /// [`read`] on text already read from `path` (which only names the file in errors).
@@ -100,11 +104,7 @@ pub type Records = Vec<(usize, std::result::Result<Map<String, Value>, String>)>
 /// # Errors
 /// A file that cannot be read, or a JSON array that does not parse.
 pub fn read_records(path: &Path) -> Result<Records> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_records(path, &text)
+    parse_records(path, &read_text(path)?)
 }
 
 fn object(value: Value) -> std::result::Result<Map<String, Value>, String> {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::formats::{kind, parse_records, turns, Invalid};
+use crate::formats::{kind, parse_records, read_text, turns, Invalid};
 use crate::{Conversation, Error, Message, OnError, Result, Role};
 
 /// One prompt record.
@@ -72,11 +72,7 @@ pub fn check_prompt(prompt: &Conversation) -> std::result::Result<(), Invalid> {
 /// # Errors
 /// A file that cannot be read; the first malformed record under [`OnError::Stop`].
 pub fn read_prompts(path: &Path, needs_answer: bool, on_error: OnError) -> Result<Prompts> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_prompts(path, &text, needs_answer, on_error)
+    parse_prompts(path, &read_text(path)?, needs_answer, on_error)
 }
 
 /// [`read_prompts`] on text already read from `path` (which only names the file in errors).

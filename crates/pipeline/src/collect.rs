@@ -77,6 +77,42 @@ impl std::fmt::Display for CollectReport {
     }
 }
 
+impl CollectJob {
+    /// The sampling and ranking settings it hands to `ember_reward::collect_rankings`.
+    pub fn config(&self) -> CollectConfig {
+        CollectConfig {
+            k: self.k,
+            max_new_tokens: self.max_new_tokens,
+            sampling: Sampling::Temperature {
+                temperature: self.temperature,
+            },
+            seed: self.seed,
+            noise: self.noise,
+            ..Default::default()
+        }
+    }
+
+    /// Checks the settings before any model is loaded.
+    ///
+    /// # Errors
+    /// [`Error::Config`]: a closeness outside [0, 0.1), a temperature that is not above 0, or
+    /// what [`CollectConfig::validate`] refuses.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..0.1).contains(&self.closeness) {
+            return Err(Error::Config(format!(
+                "closeness {} would reorder the judge's levels: use a weight in [0, 0.1)",
+                self.closeness
+            )));
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Config(
+                "collecting needs different answers per prompt: use a temperature above 0".into(),
+            ));
+        }
+        Ok(self.config().validate()?)
+    }
+}
+
 /// A progress bar over `len` items.
 pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
@@ -95,17 +131,7 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
 /// A closeness outside [0, 0.1), a temperature of 0, an unreadable model or a generation
 /// error.
 pub fn collect<B: Backend>(job: &CollectJob, device: &B::Device) -> Result<CollectReport> {
-    if !(0.0..0.1).contains(&job.closeness) {
-        return Err(Error::Config(format!(
-            "closeness {} would reorder the judge's levels: use a weight in [0, 0.1)",
-            job.closeness
-        )));
-    }
-    if job.temperature.is_nan() || job.temperature <= 0.0 {
-        return Err(Error::Config(
-            "collecting needs different answers per prompt: use a temperature above 0".into(),
-        ));
-    }
+    job.validate()?;
     let template = job.model.template()?;
     let policy = job.model.load::<B>(device)?;
     let tasks = TaskSet::builtin();
@@ -118,16 +144,7 @@ pub fn collect<B: Backend>(job: &CollectJob, device: &B::Device) -> Result<Colle
             demonstration: job.demonstrations.then(|| e.answer.clone()),
         })
         .collect::<Vec<_>>();
-    let config = CollectConfig {
-        k: job.k,
-        max_new_tokens: job.max_new_tokens,
-        sampling: Sampling::Temperature {
-            temperature: job.temperature,
-        },
-        seed: job.seed,
-        noise: job.noise,
-        ..Default::default()
-    };
+    let config = job.config();
     let progress = bar((prompts.len() * job.k) as u64, "answers");
     let collected = collect_rankings(
         &policy,

@@ -92,9 +92,10 @@ impl ModelFolder {
     /// # Errors
     /// The files cannot be written.
     pub fn save<B: Backend>(&self, model: &Decoder<B>, tokenizer: &Tokenizer) -> Result<()> {
+        // The tokenizer first: the model's manifest, written last, then covers it too.
         self.write_whole(|dir| {
-            save_model(model, dir)?;
             tokenizer.save(dir.join(TOKENIZER_FILE))?;
+            save_model(model, dir)?;
             Ok(())
         })
     }
@@ -111,8 +112,8 @@ impl ModelFolder {
         tokenizer: &Tokenizer,
     ) -> Result<()> {
         self.write_whole(|dir| {
-            save_reward_model(model, normalization, dir)?;
             tokenizer.save(dir.join(TOKENIZER_FILE))?;
+            save_reward_model(model, normalization, dir)?;
             Ok(())
         })
     }
@@ -136,8 +137,6 @@ impl ModelFolder {
         }
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
         write(&partial)?;
-        // The manifest again, now over the tokenizer too.
-        ember_train::integrity::seal(&partial, None)?;
         if self.path.exists() {
             std::fs::remove_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
         }
@@ -178,6 +177,14 @@ mod tests {
         );
         let loaded = folder.load::<Flex>(&Default::default()).unwrap();
         assert_eq!(loaded.config(), &config);
+        // The manifest covers every file, the tokenizer included.
+        let manifest = ember_train::integrity::verify(folder.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            manifest.files.keys().collect::<Vec<_>>(),
+            ["model.json", "model.mpk", TOKENIZER_FILE]
+        );
         // Saving again replaces the folder whole and leaves no partial folder behind.
         folder.save(&loaded, &tokenizer).unwrap();
         let names = std::fs::read_dir(dir.path().join("run"))

@@ -129,13 +129,9 @@ impl PipelineSettings {
         ] {
             section(name, train.validate().map_err(|e| text(&e)))?;
         }
-        let ppo_optimizer = ember_train::TrainConfig {
-            optimizer: self.ppo.optimizer.clone(),
-            ..Default::default()
-        };
         section(
             "ppo.optimizer",
-            ppo_optimizer.validate().map_err(|e| text(&e)),
+            self.ppo.optimizer.validate().map_err(|e| text(&e)),
         )?;
         section("ppo.ppo", self.ppo.ppo.validate().map_err(|e| text(&e)))?;
         for (name, fraction) in [
@@ -144,26 +140,15 @@ impl PipelineSettings {
         ] {
             section(name, check_fraction(fraction).map_err(|e| text(&e)))?;
         }
-        let c = &self.collect;
-        let fine = c.k >= 2
-            && c.temperature > 0.0
-            && c.temperature.is_finite()
-            && (0.0..0.1).contains(&c.closeness)
-            && c.noise >= 0.0
-            && c.noise.is_finite();
-        if !fine {
-            return Err(Error::Config(format!(
-                "[collect] needs k ≥ 2 (got {}), a temperature above 0 (got {}), a closeness in \
-                 [0, 0.1) (got {}) and a noise ≥ 0 (got {})",
-                c.k, c.temperature, c.closeness, c.noise
-            )));
+        let (sft, rankings) = (ModelFolder::new("sft/model"), Path::new("rankings"));
+        for job in self.collect.jobs(&sft, rankings, self.eval.max_new_tokens) {
+            section("collect", job.validate().map_err(|e| text(&e)))?;
         }
-        let e = &self.eval;
-        if e.samples > 0 && !(e.temperature > 0.0 && e.temperature.is_finite()) {
-            return Err(Error::Config(format!(
-                "[eval] sampled answers need a temperature above 0, got {}",
-                e.temperature
-            )));
+        if self.eval.samples > 0 {
+            section(
+                "eval",
+                self.eval.answering().validate().map_err(|e| text(&e)),
+            )?;
         }
         let model = self.pretrain.model.resolve(
             self.pretrain.tokenizer.vocab_size,
@@ -307,6 +292,14 @@ impl Stage {
         Stage::Eval,
         Stage::Report,
     ];
+
+    /// Its place in [`Stage::ALL`].
+    fn index(self) -> usize {
+        Stage::ALL
+            .iter()
+            .position(|&s| s == self)
+            .expect("every stage is in Stage::ALL")
+    }
 
     /// Its name in the log and in `timings.json`.
     pub fn name(self) -> &'static str {
@@ -511,46 +504,38 @@ impl Pipeline {
     }
 
     fn expected_record(&self, stage: Stage) -> StageRecord {
-        let index = Stage::ALL
-            .iter()
-            .position(|&s| s == stage)
-            .expect("a stage");
-        self.expected_records().swap_remove(index)
+        self.expected_records().swap_remove(stage.index())
     }
 
-    /// Whether `stage`'s record says it ran with other settings or inputs than these.
-    fn has_changed(&self, stage: Stage) -> bool {
-        let expected = self.expected_record(stage);
-        matches!(
-            StageRecord::read(&self.folder.record(stage)),
-            Ok(Some(found)) if found.digest() != expected.digest()
-        )
+    /// Every stage with the record it has with these settings and the one in the run folder
+    /// (none if absent or unreadable).
+    fn records(&self) -> Vec<(Stage, StageRecord, Option<StageRecord>)> {
+        Stage::ALL
+            .into_iter()
+            .zip(self.expected_records())
+            .map(|(stage, expected)| {
+                let found = StageRecord::read(&self.folder.record(stage)).ok().flatten();
+                (stage, expected, found)
+            })
+            .collect()
     }
 
     /// What changed for each stage whose record disagrees with these settings.
     fn changes(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for expected in self.expected_records() {
-            let stage = Stage::ALL
-                .into_iter()
-                .find(|s| s.name() == expected.stage)
-                .expect("a stage");
-            let Ok(Some(found)) = StageRecord::read(&self.folder.record(stage)) else {
+        for (_, expected, found) in self.records() {
+            let Some(found) = found.filter(|f| f.digest() != expected.digest()) else {
                 continue;
             };
-            if found.digest() == expected.digest() {
-                continue;
-            }
             let differences = differences(&found.settings, &expected.settings);
             if differences.is_empty() {
                 lines.push(format!(
                     "  {}: an earlier stage's settings changed",
                     expected.stage
                 ));
-            } else {
-                for d in differences {
-                    lines.push(format!("  {}: {d}", expected.stage));
-                }
+            }
+            for d in differences {
+                lines.push(format!("  {}: {d}", expected.stage));
             }
         }
         lines
@@ -569,12 +554,12 @@ impl Pipeline {
     /// Whether `stage` is done: its record says it finished with these settings from these
     /// inputs, and its output is in the run folder.
     pub fn is_done(&self, stage: Stage) -> bool {
-        let expected = self.expected_record(stage);
-        let recorded = matches!(
-            StageRecord::read(&self.folder.record(stage)),
-            Ok(Some(found)) if found.complete && found.digest() == expected.digest()
-        );
-        recorded && self.has_output(stage)
+        let (_, expected, found) = self.records().swap_remove(stage.index());
+        Self::finished(&expected, found.as_ref()) && self.has_output(stage)
+    }
+
+    fn finished(expected: &StageRecord, found: Option<&StageRecord>) -> bool {
+        found.is_some_and(|f| f.complete && f.digest() == expected.digest())
     }
 
     /// Whether `stage`'s output is in the run folder (whatever made it).
@@ -601,15 +586,18 @@ impl Pipeline {
     /// [`Decision::Changed`].
     pub fn plan(&self) -> Vec<(Stage, Decision)> {
         let mut rerun = false;
-        Stage::ALL
-            .iter()
-            .map(|&stage| {
-                let decision = if self.has_changed(stage) {
-                    Decision::Changed
-                } else if rerun || !self.is_done(stage) {
-                    Decision::Run
-                } else {
-                    Decision::Done
+        self.records()
+            .into_iter()
+            .map(|(stage, expected, found)| {
+                let decision = match &found {
+                    Some(f) if f.digest() != expected.digest() => Decision::Changed,
+                    _ if rerun
+                        || !Self::finished(&expected, found.as_ref())
+                        || !self.has_output(stage) =>
+                    {
+                        Decision::Run
+                    }
+                    _ => Decision::Done,
                 };
                 rerun = rerun || decision != Decision::Done;
                 (stage, decision)

@@ -183,6 +183,19 @@ impl Default for EvalSettings {
     }
 }
 
+impl EvalSettings {
+    /// How the evaluation samples its answers.
+    pub fn answering(&self) -> Answering {
+        Answering {
+            temperature: self.temperature,
+            samples: self.samples,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+            batch_size: 64,
+        }
+    }
+}
+
 /// Where the pipeline's evaluation reads its models and writes its answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalInputs {
@@ -217,13 +230,7 @@ pub fn evaluate_pipeline<B: Backend>(
     let template = sft.template()?;
     let tasks = TaskSet::builtin();
     let (reward_model, normalization) = inputs.reward.load_reward::<B>(device)?;
-    let sampled = Answering {
-        temperature: settings.temperature,
-        samples: settings.samples,
-        seed: settings.seed,
-        max_new_tokens: settings.max_new_tokens,
-        batch_size: 64,
-    };
+    let sampled = settings.answering();
     let mut summary = Summary {
         sampling: (settings.samples > 0).then_some(SampledAnswers {
             samples: settings.samples,

@@ -30,15 +30,21 @@ fn config(tokenizer: &Tokenizer, context: usize) -> DecoderConfig {
     config
 }
 
+/// A tiny model with a context of `context` tokens, saved in `dir/model`.
+fn saved_model(dir: &std::path::Path, context: usize) -> ModelFolder {
+    let tokenizer = tokenizer(dir);
+    let model = config(&tokenizer, context)
+        .init::<Flex>(&Default::default())
+        .unwrap();
+    let folder = ModelFolder::new(dir.join("model"));
+    folder.save(&model, &tokenizer).unwrap();
+    folder
+}
+
 #[test]
 fn a_collection_with_nothing_to_rank_keeps_the_file_it_would_replace() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = tokenizer(dir.path());
-    let model = config(&tokenizer, 256)
-        .init::<Flex>(&Default::default())
-        .unwrap();
-    let folder = ModelFolder::new(dir.path().join("model"));
-    folder.save(&model, &tokenizer).unwrap();
+    let folder = saved_model(dir.path(), 256);
     assert!(folder.path().join(TOKENIZER_FILE).is_file());
     let output = dir.path().join("rankings.jsonl");
     std::fs::write(&output, "{\"kept\": true}\n").unwrap();
@@ -163,12 +169,7 @@ fn no_setting_of_any_stage_can_be_nan_or_infinite() {
 fn sft_rows_longer_than_the_models_context_are_refused_before_training() {
     use ember_pipeline::{sft, SftSettings, TuneInputs};
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = tokenizer(dir.path());
-    let model = config(&tokenizer, 64)
-        .init::<Flex>(&Default::default())
-        .unwrap();
-    let folder = ModelFolder::new(dir.path().join("model"));
-    folder.save(&model, &tokenizer).unwrap();
+    let folder = saved_model(dir.path(), 64);
     let data = dir.path().join("sft.jsonl");
     std::fs::write(&data, "{\"prompt\": \"2 + 3\", \"completion\": \"5\"}\n").unwrap();
     let mut settings = SftSettings::default();

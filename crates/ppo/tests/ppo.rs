@@ -6,7 +6,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use ember_ppo::{
     answer_mask, rollout, spread, token_rewards, ActorCritic, Environment, KlControl, Ppo,
-    PpoConfig, PpoData, Prompt, RolloutInputs,
+    PpoConfig, PpoData, Prompt, RolloutInputs, Sample,
 };
 use ember_reward::{Normalization, RewardModel};
 use ember_train::{fit, MetricsLog, OptimizerConfig, RunDir, TrainConfig};
@@ -52,26 +52,35 @@ fn decode(ids: &[u32]) -> ember_ppo::Result<String> {
     Ok(ids.iter().map(|t| format!("<{t}>")).collect())
 }
 
-#[test]
-fn kl_is_zero_when_the_policy_is_the_reference_and_the_score_lands_on_the_last_token() {
-    let policy = model::<Inner>(1);
+/// One rollout of six prompts by `policy` at T = 1 with a zero critic.
+fn six_answers(
+    policy: &Decoder<Inner>,
+    environment: &Environment<Inner>,
+    max_new_tokens: usize,
+) -> Vec<Sample> {
     let critic = RewardModel::new(model::<Inner>(2), 0.0);
-    let environment = environment(policy.clone(), RewardModel::new(model::<Inner>(3), 1.0));
     let prompts = prompts(6);
     let picked = prompts.iter().enumerate().collect::<Vec<_>>();
     let config = PpoConfig {
-        max_new_tokens: 6,
+        max_new_tokens,
         ..Default::default()
     };
     let inputs = RolloutInputs {
-        policy: &policy,
+        policy,
         critic: &critic,
         prompts: &picked,
         sampling: Sampling::Temperature { temperature: 1.0 },
         beta: 0.1,
         seed: 7,
     };
-    let samples = rollout(&environment, &inputs, &config, &decode, &|_| {}).unwrap();
+    rollout(environment, &inputs, &config, &decode, &|_| {}).unwrap()
+}
+
+#[test]
+fn kl_is_zero_when_the_policy_is_the_reference_and_the_score_lands_on_the_last_token() {
+    let policy = model::<Inner>(1);
+    let environment = environment(policy.clone(), RewardModel::new(model::<Inner>(3), 1.0));
+    let samples = six_answers(&policy, &environment, 6);
     for s in &samples {
         assert!(s.kl.iter().all(|&k| k == 0.0), "{:?}", s.kl);
         assert_eq!(s.old_logp, s.ref_logp);
@@ -199,27 +208,12 @@ fn an_answer_that_fills_the_context_is_scored_without_overflowing_it() {
     // Context 32, prompts of up to 4 tokens, up to 64 new tokens: every unfinished answer fills
     // the context, and the reward model's end marker must still fit in it.
     let policy = model::<Inner>(1);
-    let critic = RewardModel::new(model::<Inner>(2), 0.0);
-    // A reference that never stops (no stop tokens but the marker the policy never draws).
+    // Only the assistant's end marker stops an answer (not token 0 too).
     let environment = Environment {
         other_stops: Vec::new(),
         ..environment(policy.clone(), RewardModel::new(model::<Inner>(3), 1.0))
     };
-    let prompts = prompts(6);
-    let picked = prompts.iter().enumerate().collect::<Vec<_>>();
-    let config = PpoConfig {
-        max_new_tokens: 64,
-        ..Default::default()
-    };
-    let inputs = RolloutInputs {
-        policy: &policy,
-        critic: &critic,
-        prompts: &picked,
-        sampling: Sampling::Temperature { temperature: 1.0 },
-        beta: 0.1,
-        seed: 7,
-    };
-    let samples = rollout(&environment, &inputs, &config, &decode, &|_| {}).unwrap();
+    let samples = six_answers(&policy, &environment, 64);
     let full = samples.iter().filter(|s| s.row.len() == 32).count();
     assert!(full > 0, "no answer filled the context");
     for s in &samples {

@@ -44,6 +44,27 @@ impl Default for CollectConfig {
     }
 }
 
+impl CollectConfig {
+    /// Checks the values (NaN fails every check).
+    ///
+    /// # Errors
+    /// [`Error::Config`]: k < 2, no batch, no new token, a noise that is negative or not
+    /// finite, or invalid sampling.
+    pub fn validate(&self) -> Result<()> {
+        if self.k < 2
+            || self.batch_size == 0
+            || self.max_new_tokens == 0
+            || !(self.noise >= 0.0 && self.noise.is_finite())
+        {
+            return Err(Error::Config(
+                "collecting needs k ≥ 2, batch_size ≥ 1, max_new_tokens ≥ 1 and a finite noise ≥ 0"
+                    .into(),
+            ));
+        }
+        Ok(self.sampling.validate()?)
+    }
+}
+
 /// One prompt for [`collect_rankings`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectPrompt {
@@ -93,16 +114,7 @@ pub fn collect_rankings<B: Backend>(
     mut labeler: impl FnMut(usize, &str) -> f64,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Collected> {
-    if config.k < 2
-        || config.batch_size == 0
-        || config.max_new_tokens == 0
-        || !(config.noise >= 0.0 && config.noise.is_finite())
-    {
-        return Err(Error::Config(
-            "collecting needs k ≥ 2, batch_size ≥ 1, max_new_tokens ≥ 1 and a finite noise ≥ 0"
-                .into(),
-        ));
-    }
+    config.validate()?;
     let tokenizer = template.tokenizer();
     let stops = vec![template.stop_token(), tokenizer.special(Special::Eos)?];
     let rows = prompts

@@ -9,7 +9,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use ember_train::{integrity, load_model_config, load_record, save_record};
+use ember_train::{integrity, load_model_config, save_record};
 use ember_transformer::{Decoder, DecoderInput, Positions};
 use serde::{Deserialize, Serialize};
 
@@ -391,13 +391,12 @@ pub fn load_reward_model<B: Backend>(
     if let Some(start) = file.likelihood_answer_start {
         model = model.with_likelihood(start, 0.0);
     }
-    let record = load_record::<B, _>(&dir.join("model"), device)?;
     let model = integrity::load_checked(
         model,
-        record,
+        dir,
         manifest.as_ref(),
         &dir.join("model.json"),
-        &dir.join("model.mpk"),
+        device,
     )?;
     Ok((model, file.normalization))
 }

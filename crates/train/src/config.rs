@@ -101,12 +101,28 @@ impl TrainConfig {
     /// # Errors
     /// [`Error::Config`] naming the first bad value.
     pub fn validate(&self) -> Result<()> {
-        let o = &self.optimizer;
         let problem = if self.steps == 0 {
             Some("steps must be at least 1".to_string())
         } else if self.grad_accumulation == 0 {
             Some("grad_accumulation must be at least 1".into())
-        } else if !(o.lr > 0.0 && o.lr.is_finite()) {
+        } else if self.keep_checkpoints == 0 {
+            Some("keep_checkpoints must be at least 1 (resuming needs one)".into())
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |p| Err(Error::Config(p)))?;
+        self.optimizer.validate()
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks the values; each check is written so that NaN fails it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad value.
+    pub fn validate(&self) -> Result<()> {
+        let o = self;
+        let problem = if !(o.lr > 0.0 && o.lr.is_finite()) {
             Some(format!("lr must be positive, got {}", o.lr))
         } else if !(0.0..=1.0).contains(&o.min_lr_ratio) {
             Some(format!(
@@ -130,8 +146,6 @@ impl TrainConfig {
                 "grad_clip must be positive and finite, got {}",
                 o.grad_clip.unwrap_or_default()
             ))
-        } else if self.keep_checkpoints == 0 {
-            Some("keep_checkpoints must be at least 1 (resuming needs one)".into())
         } else {
             None
         };

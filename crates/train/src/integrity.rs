@@ -11,10 +11,11 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::checkpoint::load_record;
 use crate::{Error, Result};
 
 /// The manifest's file name.
@@ -157,13 +158,29 @@ pub fn verify(dir: &Path) -> Result<Option<Manifest>> {
     Ok(Some(manifest))
 }
 
-#[derive(Default)]
-struct Shapes {
+/// Every float parameter's shape by its path in the module and, when asked, the first one
+/// holding a NaN or an infinity: one walk over the module.
+struct Survey {
     path: Vec<String>,
     shapes: BTreeMap<String, Vec<usize>>,
+    check_finite: bool,
+    non_finite: Option<String>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Shapes {
+impl Survey {
+    fn of<B: Backend, M: Module<B>>(module: &M, check_finite: bool) -> Self {
+        let mut survey = Self {
+            path: Vec::new(),
+            shapes: BTreeMap::new(),
+            check_finite,
+            non_finite: None,
+        };
+        module.visit(&mut survey);
+        survey
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for Survey {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -173,10 +190,12 @@ impl<B: Backend> ModuleVisitor<B> for Shapes {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let mut name = self.path.join(".");
-        // Two parameters at one path cannot happen in a derived module; keep both anyway.
-        while self.shapes.contains_key(&name) {
-            name.push('\'');
+        let name = self.path.join(".");
+        if self.check_finite
+            && self.non_finite.is_none()
+            && !param.val().is_finite().all().into_scalar().elem::<bool>()
+        {
+            self.non_finite = Some(name.clone());
         }
         self.shapes.insert(name, param.lazy_shape().to_vec());
     }
@@ -184,13 +203,11 @@ impl<B: Backend> ModuleVisitor<B> for Shapes {
 
 /// The shape of every float parameter of `module`, by its path.
 pub fn tensor_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Vec<usize>> {
-    let mut visitor = Shapes::default();
-    module.visit(&mut visitor);
-    visitor.shapes
+    Survey::of::<B, M>(module, false).shapes
 }
 
 /// Checks that the model a config builds (`expected`) has the tensors, of the shapes, that
-/// were saved (`saved`, from the manifest).
+/// were saved (`saved`, from the manifest or the loaded weights).
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] naming the first tensor that differs or is missing on one side.
@@ -217,72 +234,32 @@ pub fn check_shapes(
     Ok(())
 }
 
-struct Finite<B: Backend> {
-    path: Vec<String>,
-    bad: Option<String>,
-    _backend: std::marker::PhantomData<B>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Finite<B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.bad.is_none() && !param.val().is_finite().all().into_scalar().elem::<bool>() {
-            self.bad = Some(self.path.join("."));
-        }
-    }
-}
-
-use burn::tensor::ElementConversion;
-
-/// Checks that every weight of `module` is finite.
+/// Loads `dir/model.mpk` into `module` (built from the config at `config`) after the checks:
+/// the weights' shapes (when the folder's manifest records them) against the module's, then
+/// burn's own load, then — in one walk — the loaded tensors' shapes against the module's again
+/// (burn checks them only lazily, at the first forward pass, with a panic) and their values for
+/// NaN and infinity.
 ///
 /// # Errors
-/// [`Error::NonFinite`] naming the first tensor with a NaN or an infinity, and `file`.
-pub fn check_finite<B: Backend, M: Module<B>>(module: &M, file: &Path) -> Result<()> {
-    let mut visitor = Finite::<B> {
-        path: Vec::new(),
-        bad: None,
-        _backend: std::marker::PhantomData,
-    };
-    module.visit(&mut visitor);
-    match visitor.bad {
-        Some(tensor) => Err(Error::NonFinite {
-            path: file.to_path_buf(),
-            tensor,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Loads `record` into `module` after the checks: the weights' shapes (when the folder's
-/// manifest records them) against the module's, then burn's own load, then the loaded
-/// tensors' shapes against the module's again (burn checks them only lazily, at the first
-/// forward pass, with a panic), then finiteness.
-///
-/// # Errors
-/// As [`check_shapes`] and [`check_finite`], or [`Error::Record`] if burn's load fails.
+/// A missing or unreadable weights file, [`Error::ShapeMismatch`], [`Error::NonFinite`], or
+/// [`Error::Record`] if burn's load fails.
 pub fn load_checked<B: Backend, M: Module<B>>(
     module: M,
-    record: M::Record,
+    dir: &Path,
     manifest: Option<&Manifest>,
     config: &Path,
-    weights: &Path,
+    device: &B::Device,
 ) -> Result<M> {
+    let weights = dir.join("model.mpk");
     let expected = tensor_shapes::<B, M>(&module);
     if let Some(manifest) = manifest.filter(|m| !m.tensors.is_empty()) {
         check_shapes(config, &expected, &manifest.tensors)?;
     }
+    let record = load_record::<B, M::Record>(&dir.join("model"), device)?;
     let loaded =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.load_record(record)))
             .map_err(|panic| Error::Record {
-                path: weights.to_path_buf(),
+                path: weights.clone(),
                 reason: format!(
                     "the weights do not fit the model {} describes: {}",
                     config.display(),
@@ -293,7 +270,13 @@ pub fn load_checked<B: Backend, M: Module<B>>(
                         .unwrap_or("a shape mismatch")
                 ),
             })?;
-    check_shapes(config, &expected, &tensor_shapes::<B, M>(&loaded))?;
-    check_finite::<B, M>(&loaded, weights)?;
+    let survey = Survey::of::<B, M>(&loaded, true);
+    check_shapes(config, &expected, &survey.shapes)?;
+    if let Some(tensor) = survey.non_finite {
+        return Err(Error::NonFinite {
+            path: weights,
+            tensor,
+        });
+    }
     Ok(loaded)
 }

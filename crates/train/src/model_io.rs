@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use ember_transformer::{Decoder, DecoderConfig};
 
-use crate::checkpoint::{load_record, save_record};
+use crate::checkpoint::save_record;
 use crate::{integrity, Error, Result};
 
 /// Writes `model` into `dir` (created if needed): `model.mpk`, `model.json`, then
@@ -49,12 +49,11 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<
     let manifest = integrity::verify(dir)?;
     let config = load_model_config(dir)?;
     let model = config.init::<B>(device)?;
-    let record = load_record::<B, _>(&dir.join("model"), device)?;
     integrity::load_checked(
         model,
-        record,
+        dir,
         manifest.as_ref(),
         &dir.join("model.json"),
-        &dir.join("model.mpk"),
+        device,
     )
 }

@@ -178,14 +178,8 @@ where
         // A damaged checkpoint is named, never loaded (nor silently skipped for an older one).
         let manifest = integrity::verify(&checkpoint)?;
         state = read_state(&checkpoint)?;
-        let record = load_record::<B, _>(&checkpoint.join("model"), &device)?;
-        model = integrity::load_checked(
-            model,
-            record,
-            manifest.as_ref(),
-            &checkpoint,
-            &checkpoint.join("model.mpk"),
-        )?;
+        model =
+            integrity::load_checked(model, &checkpoint, manifest.as_ref(), &checkpoint, &device)?;
         decayed = decayed.load_record(load_record::<B, _>(
             &checkpoint.join("optim-decay"),
             &device,

@@ -10,12 +10,7 @@ use crate::{Error, Result};
 /// settings table with a key its kind does not have is refused, not ignored — `greedy`
 /// included, which serde's internally tagged enums would let take any key).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "snake_case",
-    deny_unknown_fields,
-    try_from = "SamplingTable"
-)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "SamplingTable")]
 pub enum Sampling {
     /// The most likely token.
     Greedy,
