@@ -12,4 +12,4 @@ pub use conversation::{Conversation, Message, Role};
 pub use error::{Error, Result};
 pub use formats::{parse, parse_records, read, Dataset, Format, Invalid, OnError};
 pub use prompts::{check_prompt, parse_prompt, parse_prompts, read_prompts, PromptRecord, Prompts};
-pub use template::{ChatTemplate, Rendered};
+pub use template::{ChatTemplate, Rendered, TemplateSpec};

@@ -7,6 +7,7 @@
 
 use ember_tokenizer::{Special, Tokenizer};
 
+
 use crate::{Conversation, Error, Result, Role};
 
 /// A rendered conversation.
@@ -39,12 +40,137 @@ impl Rendered {
     }
 }
 
-/// Ember's chat template over a tokenizer that has Ember's special tokens.
+/// A chat template as data: the text around each turn, special tokens written as their
+/// strings. Ember's own ([`TemplateSpec::ember`]) and ChatML ([`TemplateSpec::chatml`],
+/// SmolLM2's and Qwen's) are built in; a model folder's `template.json` holds one.
+///
+/// The assistant's suffix must start with a special token: the one generation stops at,
+/// which the model learns to write (it is in the answer-only mask; the rest of the suffix is
+/// not).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// A name for people (`ember`, `chatml`).
+    pub name: String,
+    /// What opens a conversation (`<|bos|>`; empty for none).
+    pub bos: String,
+    /// Text before and after a system message.
+    pub system: [String; 2],
+    /// Text before and after a user message.
+    pub user: [String; 2],
+    /// Text before and after an assistant message; the prompt ends with the first.
+    pub assistant: [String; 2],
+    /// A system message put first when a conversation has none (SmolLM2's template does so).
+    #[serde(default)]
+    pub default_system: Option<String>,
+    /// The token that ends a document (an extra stop for generation).
+    pub eos: String,
+    /// The token padding a batch's short rows.
+    pub pad: String,
+}
+
+impl TemplateSpec {
+    /// Ember's own template over Ember's special tokens.
+    pub fn ember() -> Self {
+        let pair = |a: Special, b: Special| [a.as_str().to_string(), b.as_str().to_string()];
+        Self {
+            name: "ember".into(),
+            bos: Special::Bos.as_str().into(),
+            system: pair(Special::SystemStart, Special::SystemEnd),
+            user: pair(Special::UserStart, Special::UserEnd),
+            assistant: pair(Special::AssistantStart, Special::AssistantEnd),
+            default_system: None,
+            eos: Special::Eos.as_str().into(),
+            pad: Special::Pad.as_str().into(),
+        }
+    }
+
+    /// ChatML: `<|im_start|>role\n…<|im_end|>\n`, no start-of-text token, `<|endoftext|>`
+    /// ending documents and padding (as in SmolLM2 and Qwen), with an optional default system
+    /// message.
+    pub fn chatml(default_system: Option<String>) -> Self {
+        let turn = |role: &str| [format!("<|im_start|>{role}\n"), "<|im_end|>\n".to_string()];
+        Self {
+            name: "chatml".into(),
+            bos: String::new(),
+            system: turn("system"),
+            user: turn("user"),
+            assistant: turn("assistant"),
+            default_system,
+            eos: "<|endoftext|>".into(),
+            pad: "<|endoftext|>".into(),
+        }
+    }
+
+    /// The template a Jinja chat template (from a GGUF file or `tokenizer_config.json`)
+    /// describes, if it is one Ember knows: ChatML (with the default system message written
+    /// in it as a literal, as SmolLM2's has), or Ember's own.
+    pub fn recognise(jinja: &str) -> Option<Self> {
+        if jinja.contains("<|im_start|>") {
+            let marker = "<|im_start|>system\n";
+            let default_system = jinja.find(marker).and_then(|at| {
+                let rest = &jinja[at + marker.len()..];
+                let end = rest.find("<|im_end|>")?;
+                let text = &rest[..end];
+                // A literal, not an expression that inserts the conversation's own message.
+                (!text.contains("{{") && !text.contains('\'') && !text.is_empty())
+                    .then(|| text.to_string())
+            });
+            return Some(Self::chatml(default_system));
+        }
+        jinja
+            .contains(Special::AssistantStart.as_str())
+            .then(Self::ember)
+    }
+
+    /// A Jinja rendering of the template, as HF's `tokenizer_config.json` and GGUF's
+    /// `tokenizer.chat_template` hold it, so that other tools format conversations the way
+    /// the model was trained.
+    pub fn to_jinja(&self) -> String {
+        let escape = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('\'', "\\'");
+        let mut out = String::new();
+        if !self.bos.is_empty() {
+            out.push_str(&format!("{{{{ '{}' }}}}", escape(&self.bos)));
+        }
+        if let Some(system) = &self.default_system {
+            out.push_str(&format!(
+                "{{% if messages[0]['role'] != 'system' %}}{{{{ '{}{}{}' }}}}{{% endif %}}",
+                escape(&self.system[0]),
+                escape(system),
+                escape(&self.system[1])
+            ));
+        }
+        out.push_str("{% for message in messages %}");
+        for (role, [prefix, suffix]) in [
+            ("system", &self.system),
+            ("user", &self.user),
+            ("assistant", &self.assistant),
+        ] {
+            out.push_str(&format!(
+                "{{% if message['role'] == '{role}' %}}{{{{ '{}' + message['content'] + '{}' }}}}{{% endif %}}",
+                escape(prefix),
+                escape(suffix)
+            ));
+        }
+        out.push_str("{% endfor %}");
+        out.push_str(&format!(
+            "{{% if add_generation_prompt %}}{{{{ '{}' }}}}{{% endif %}}",
+            escape(&self.assistant[0])
+        ));
+        out
+    }
+}
+
+/// A chat template over a tokenizer: the [`TemplateSpec`]'s texts turned into token ids once.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     tokenizer: Tokenizer,
-    bos: u32,
-    markers: [(u32, u32); 3],
+    spec: TemplateSpec,
+    bos: Vec<u32>,
+    /// Per role: the ids before and after its content.
+    markers: [(Vec<u32>, Vec<u32>); 3],
+    eos: u32,
+    pad: u32,
 }
 
 fn role_index(role: Role) -> usize {
@@ -55,26 +181,115 @@ fn role_index(role: Role) -> usize {
     }
 }
 
+/// `text` as ids: the tokenizer's special tokens written in it become their ids (this is the
+/// template's own text, never a user's), the rest is encoded as plain text. A `<|name|>`
+/// that is not a special token of the vocabulary is an error.
+fn encode_template_text(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let specials = tokenizer
+        .inner()
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, token)| token.special)
+        .map(|(id, token)| (token.content, id))
+        .collect::<Vec<_>>();
+    let mut ids = Vec::new();
+    let mut plain = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let found = specials
+            .iter()
+            .filter(|(content, _)| rest.starts_with(content.as_str()))
+            .max_by_key(|(content, _)| content.len());
+        match found {
+            Some((content, id)) => {
+                if !plain.is_empty() {
+                    ids.extend(tokenizer.encode(&plain)?);
+                    plain.clear();
+                }
+                ids.push(*id);
+                rest = &rest[content.len()..];
+            }
+            None => {
+                // `<|name|>` in a template is always meant as a special token.
+                if let Some(end) = rest.strip_prefix("<|").and_then(|r| r.find("|>")) {
+                    let name = &rest[..end + 4];
+                    if !name[2..end + 2].contains(char::is_whitespace) {
+                        return Err(Error::Tokenizer(
+                            ember_tokenizer::Error::UnknownSpecialToken {
+                                token: name.to_string(),
+                            },
+                        ));
+                    }
+                }
+                let c = rest.chars().next().expect("not empty");
+                plain.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    if !plain.is_empty() {
+        ids.extend(tokenizer.encode(&plain)?);
+    }
+    Ok(ids)
+}
+
 impl ChatTemplate {
-    /// The template over `tokenizer`.
+    /// Ember's template over `tokenizer`.
     ///
     /// # Errors
     /// [`Error::Tokenizer`] if a special token is missing (see
     /// `Tokenizer::add_missing_special_tokens`).
     pub fn new(tokenizer: Tokenizer) -> Result<Self> {
-        let pair = |start, end| -> Result<(u32, u32)> {
-            Ok((tokenizer.special(start)?, tokenizer.special(end)?))
+        Self::with_spec(tokenizer, TemplateSpec::ember())
+    }
+
+    /// The template `spec` over `tokenizer`.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the spec names a token the vocabulary lacks;
+    /// [`Error::Config`] if the assistant's suffix does not start with a special token.
+    pub fn with_spec(tokenizer: Tokenizer, spec: TemplateSpec) -> Result<Self> {
+        let encode = |text: &str| encode_template_text(&tokenizer, text);
+        let pair = |[prefix, suffix]: &[String; 2]| -> Result<(Vec<u32>, Vec<u32>)> {
+            Ok((encode(prefix)?, encode(suffix)?))
         };
-        let markers = [
-            pair(Special::SystemStart, Special::SystemEnd)?,
-            pair(Special::UserStart, Special::UserEnd)?,
-            pair(Special::AssistantStart, Special::AssistantEnd)?,
-        ];
-        let bos = tokenizer.special(Special::Bos)?;
+        let markers = [pair(&spec.system)?, pair(&spec.user)?, pair(&spec.assistant)?];
+        let single = |name: &str, text: &str| -> Result<u32> {
+            match encode(text)?.as_slice() {
+                [id] if tokenizer.token_id(text).is_ok() => Ok(*id),
+                _ => Err(Error::Tokenizer(ember_tokenizer::Error::UnknownSpecialToken {
+                    token: format!("{text} (the template's {name})"),
+                })),
+            }
+        };
+        let stop_text = &spec.assistant[1];
+        let stop_is_special = markers[2].1.first().is_some_and(|id| {
+            tokenizer
+                .inner()
+                .get_added_tokens_decoder()
+                .get(id)
+                .is_some_and(|t| t.special && stop_text.starts_with(t.content.as_str()))
+        });
+        if !stop_is_special {
+            return Err(Error::Config(format!(
+                "template {}: the assistant's suffix {stop_text:?} does not start with a special \
+                 token of the vocabulary (generation stops at it)",
+                spec.name
+            )));
+        }
+        if markers[2].0.is_empty() {
+            return Err(Error::Config(format!(
+                "template {}: the assistant's prefix is empty (a prompt ends with it)",
+                spec.name
+            )));
+        }
         Ok(Self {
-            tokenizer,
-            bos,
+            bos: encode(&spec.bos)?,
+            eos: single("eos", &spec.eos)?,
+            pad: single("pad", &spec.pad)?,
             markers,
+            tokenizer,
+            spec,
         })
     }
 
@@ -83,14 +298,41 @@ impl ChatTemplate {
         &self.tokenizer
     }
 
-    /// The token that opens an assistant turn: a prompt ends with it, and the answer follows.
+    /// The spec the template was built from.
+    pub fn spec(&self) -> &TemplateSpec {
+        &self.spec
+    }
+
+    /// The first token of the assistant's prefix (Ember's `<|assistant_start|>`, ChatML's
+    /// `<|im_start|>`): the answer follows the last one in a row, after the rest of the
+    /// prefix.
     pub fn answer_start_token(&self) -> u32 {
-        self.markers[role_index(Role::Assistant)].0
+        self.markers[role_index(Role::Assistant)].0[0]
+    }
+
+    /// The ids a prompt ends with before the answer (the whole assistant prefix).
+    pub fn answer_prefix(&self) -> &[u32] {
+        &self.markers[role_index(Role::Assistant)].0
     }
 
     /// The token that ends an assistant turn: generation stops there.
     pub fn stop_token(&self) -> u32 {
-        self.markers[role_index(Role::Assistant)].1
+        self.markers[role_index(Role::Assistant)].1[0]
+    }
+
+    /// The token that ends a document: a second stop for generation.
+    pub fn eos_token(&self) -> u32 {
+        self.eos
+    }
+
+    /// The padding token.
+    pub fn pad_token(&self) -> u32 {
+        self.pad
+    }
+
+    /// The ids a conversation opens with (Ember's `<|bos|>`; none in ChatML).
+    pub fn bos(&self) -> &[u32] {
+        &self.bos
     }
 
     /// Checks the order of turns ([`Conversation::check_turns`]).
@@ -98,19 +340,40 @@ impl ChatTemplate {
         conversation.check_turns(last).map_err(Error::Conversation)
     }
 
+    fn push_turn(&self, role: Role, content: &str, out: &mut Rendered) -> Result<()> {
+        let (start, end) = &self.markers[role_index(role)];
+        let learn = role == Role::Assistant;
+        out.ids.extend(start);
+        out.mask.extend(std::iter::repeat_n(false, start.len()));
+        let content = self.tokenizer.encode(content)?;
+        out.mask.extend(std::iter::repeat_n(learn, content.len()));
+        out.ids.extend(content);
+        // The assistant's stop token is learned; the rest of a suffix is the template's.
+        out.ids.extend(end);
+        out.mask
+            .extend((0..end.len()).map(|i| learn && i == 0));
+        Ok(())
+    }
+
     fn push_turns(&self, conversation: &Conversation, out: &mut Rendered) -> Result<()> {
+        let has_system = conversation
+            .messages
+            .first()
+            .is_some_and(|m| m.role == Role::System);
+        if let (Some(system), false) = (&self.spec.default_system, has_system) {
+            self.push_turn(Role::System, system, out)?;
+        }
         for message in &conversation.messages {
-            let (start, end) = self.markers[role_index(message.role)];
-            let learn = message.role == Role::Assistant;
-            out.ids.push(start);
-            out.mask.push(false);
-            let content = self.tokenizer.encode(&message.content)?;
-            out.mask
-                .extend(std::iter::repeat_n(learn, content.len() + 1));
-            out.ids.extend(content);
-            out.ids.push(end);
+            self.push_turn(message.role, &message.content, out)?;
         }
         Ok(())
+    }
+
+    fn start(&self) -> Rendered {
+        Rendered {
+            ids: self.bos.clone(),
+            mask: vec![false; self.bos.len()],
+        }
     }
 
     /// Renders a conversation that ends with the assistant, for training.
@@ -119,27 +382,21 @@ impl ChatTemplate {
     /// Turns out of order, or a last turn that is not the assistant's.
     pub fn render(&self, conversation: &Conversation) -> Result<Rendered> {
         Self::check(conversation, Role::Assistant)?;
-        let mut out = Rendered {
-            ids: vec![self.bos],
-            mask: vec![false],
-        };
+        let mut out = self.start();
         self.push_turns(conversation, &mut out)?;
         Ok(out)
     }
 
-    /// Renders a conversation that ends with the user, followed by the assistant's start
-    /// marker: the prompt to generate the next answer from.
+    /// Renders a conversation that ends with the user, followed by the assistant's prefix:
+    /// the prompt to generate the next answer from.
     ///
     /// # Errors
     /// Turns out of order, or a last turn that is not the user's.
     pub fn render_prompt(&self, conversation: &Conversation) -> Result<Vec<u32>> {
         Self::check(conversation, Role::User)?;
-        let mut out = Rendered {
-            ids: vec![self.bos],
-            mask: vec![false],
-        };
+        let mut out = self.start();
         self.push_turns(conversation, &mut out)?;
-        out.ids.push(self.markers[role_index(Role::Assistant)].0);
+        out.ids.extend(self.answer_prefix());
         Ok(out.ids)
     }
 

@@ -199,6 +199,35 @@ impl Tokenizer {
         Ok(Self { inner })
     }
 
+    /// Builds a tokenizer from the text of a `tokenizer.json` in HF's format (one made in
+    /// memory, from a GGUF file's metadata for example); `origin` names where it came from in
+    /// errors. Like [`Tokenizer::from_file`], text never becomes a special token.
+    ///
+    /// # Errors
+    /// JSON that HF `tokenizers` cannot parse.
+    pub fn from_json(json: &str, origin: impl AsRef<Path>) -> Result<Self> {
+        let mut inner: tokenizers::Tokenizer =
+            json.parse().map_err(|source| Error::Tokenizer {
+                path: origin.as_ref().to_path_buf(),
+                source,
+            })?;
+        inner.set_encode_special_tokens(true);
+        Ok(Self { inner })
+    }
+
+    /// The tokenizer as the text of a `tokenizer.json` in HF's format.
+    ///
+    /// # Errors
+    /// Only if HF `tokenizers` fails to serialise it.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|source| Error::Codec {
+                context: "serialising",
+                source,
+            })
+    }
+
     /// Writes `tokenizer.json` in HF's format, atomically (a temporary file, then a rename).
     ///
     /// # Errors

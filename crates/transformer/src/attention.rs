@@ -11,15 +11,17 @@ use crate::init::{linear, linear_rows};
 use crate::rope::{Positions, RotaryEmbedding};
 use crate::{Architecture, DecoderConfig};
 
-/// Causal self-attention with a fused query/key/value projection.
+/// Causal self-attention with a fused query/key/value projection, multi-head or grouped-query.
 #[derive(Module, Debug)]
 pub struct CausalSelfAttention<B: Backend> {
-    /// d → 3d: queries, keys and values.
+    /// d → (heads + 2 · kv_heads) · head_dim: queries, keys and values.
     qkv: Linear<B>,
     /// d → d, a residual projection.
     proj: Linear<B>,
-    /// Number of heads.
+    /// Number of query heads.
     n_heads: usize,
+    /// Number of key/value heads; divides `n_heads`.
+    n_kv_heads: usize,
 }
 
 /// What one attention call sees besides its input.
@@ -35,23 +37,27 @@ impl<B: Backend> CausalSelfAttention<B> {
         let d = config.d_model;
         let bias = config.architecture == Architecture::Gpt2;
         let residual_std = config.init_std / (2.0 * config.n_layers as f64).sqrt();
+        let kv = config.kv_heads();
+        let width = (config.n_heads + 2 * kv) * config.head_dim();
         Self {
-            qkv: linear(d, 3 * d, bias, config.init_std, device),
+            qkv: linear(d, width, bias, config.init_std, device),
             proj: linear(d, d, bias, residual_std, device),
             n_heads: config.n_heads,
+            n_kv_heads: kv,
         }
     }
 
-    /// Queries, keys and values as `[batch, heads, seq, head_dim]`: views of the fused
-    /// projection's output (`[batch, seq, 3·heads, head_dim]`, each a third of its heads,
-    /// then the heads moved forward), no copies; the rotation of queries and keys makes new
-    /// tensors.
+    /// Queries as `[batch, heads, seq, head_dim]`, keys and values as `[batch, kv_heads, seq,
+    /// head_dim]`: views of the fused projection's output (`[batch, seq, heads + 2·kv_heads,
+    /// head_dim]`: the query heads, then the key heads, then the value heads, each group
+    /// moved forward), no copies; the rotation of queries and keys makes new tensors.
     fn project(&self, x: Tensor<B, 3>, context: &AttentionContext<'_, B>) -> [Tensor<B, 4>; 3] {
         let [batch, seq, d] = x.dims();
-        let (heads, head_dim) = (self.n_heads, d / self.n_heads);
-        let qkv = linear_rows(&self.qkv, x).reshape([batch, seq, 3 * heads, head_dim]);
-        let part = |i: usize| qkv.clone().narrow(2, i * heads, heads);
-        let (query, key, value) = (part(0), part(1), part(2));
+        let (heads, kv, head_dim) = (self.n_heads, self.n_kv_heads, d / self.n_heads);
+        let qkv = linear_rows(&self.qkv, x).reshape([batch, seq, heads + 2 * kv, head_dim]);
+        let query = qkv.clone().narrow(2, 0, heads);
+        let key = qkv.clone().narrow(2, heads, kv);
+        let value = qkv.narrow(2, heads + kv, kv);
         let (query, key) = match context.rope {
             Some(rope) => (
                 rope.apply(query, context.positions),
@@ -70,6 +76,8 @@ impl<B: Backend> CausalSelfAttention<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let [batch, heads, seq, head_dim] = query.dims();
+        let groups = heads / self.n_kv_heads;
+        let (key, value) = (repeat_kv(key, groups), repeat_kv(value, groups));
         let out = causal_attention(query, key, value, mask);
         linear_rows(
             &self.proj,
@@ -101,6 +109,20 @@ impl<B: Backend> CausalSelfAttention<B> {
         let (key, value) = cache.update(layer, key, value);
         self.attend(query, key, value, context.mask)
     }
+}
+
+/// Grouped-query attention's keys or values for every query head: `[batch, kv_heads, seq,
+/// head_dim]` → `[batch, kv_heads · groups, seq, head_dim]`, key/value head `j` serving query
+/// heads `j · groups .. (j + 1) · groups` (HF's `repeat_kv`). One head per query head is
+/// returned as it is.
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv, seq, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv, groups, seq, head_dim])
+        .reshape([batch, kv * groups, seq, head_dim])
 }
 
 /// Causal scaled-dot-product attention, `softmax(q·kᵀ/√d + mask) · v`, on `[batch, heads,

@@ -10,7 +10,8 @@ use crate::rope::Positions;
 /// each row of the batch.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    /// Per layer: keys and values, `[batch, heads, len, head_dim]` each.
+    /// Per layer: keys and values, `[batch, kv_heads, len, head_dim]` each (grouped-query
+    /// attention caches only its key/value heads).
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     /// Pad tokens at the start of each row; those keys are never attended to.
     left_padding: Vec<usize>,

@@ -42,6 +42,15 @@ pub struct DecoderConfig {
     /// Base of the rotary frequencies; 10000 as in RoFormer and Llama 2.
     #[config(default = 10000.0)]
     pub rope_theta: f64,
+    /// Number of key/value heads (grouped-query attention, Ainslie et al. 2023): each serves
+    /// `n_heads / n_kv_heads` query heads and the KV cache holds only these. `None` is one
+    /// per query head (multi-head attention); it must divide `n_heads`.
+    #[config(default = "None")]
+    pub n_kv_heads: Option<usize>,
+    /// Whether the language-model head is the token embedding's transpose (GPT-2, SmolLM2) or
+    /// a matrix of its own (Llama 2 and 3 from 7B up).
+    #[config(default = true)]
+    pub tie_embeddings: bool,
     /// Standard deviation of the initial weights; 0.02 as in GPT-2. Residual projections are
     /// further scaled by 1/sqrt(2 n_layers) so the residual stream's variance does not grow
     /// with depth.
@@ -73,6 +82,11 @@ impl DecoderConfig {
         self.d_model / self.n_heads
     }
 
+    /// Number of key/value heads (see `n_kv_heads`).
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
     /// Hidden width of the MLP (see `d_ff`).
     pub fn mlp_hidden(&self) -> usize {
         self.d_ff.unwrap_or(match self.architecture {
@@ -98,6 +112,16 @@ impl DecoderConfig {
                 "d_model {} is not divisible by n_heads {}",
                 self.d_model, self.n_heads
             ));
+        }
+        match self.n_kv_heads {
+            Some(0) => return fail("n_kv_heads must be positive".into()),
+            Some(kv) if !self.n_heads.is_multiple_of(kv) => {
+                return fail(format!(
+                    "n_heads {} is not divisible by n_kv_heads {kv}",
+                    self.n_heads
+                ))
+            }
+            _ => {}
         }
         if self.architecture == Architecture::Llama && !self.head_dim().is_multiple_of(2) {
             return fail(format!(
@@ -135,10 +159,11 @@ impl DecoderConfig {
     pub fn num_params(&self) -> usize {
         let d = self.d_model;
         let hidden = self.mlp_hidden();
+        let kv = self.kv_heads() * self.head_dim();
         let (attention, mlp, norms, positions) = match self.architecture {
-            Architecture::Llama => (4 * d * d, 3 * d * hidden, 2 * d, 0),
+            Architecture::Llama => (2 * d * d + 2 * d * kv, 3 * d * hidden, 2 * d, 0),
             Architecture::Gpt2 => (
-                4 * d * d + 4 * d,
+                2 * d * d + 2 * d * kv + 2 * d + 2 * kv,
                 2 * d * hidden + hidden + d,
                 4 * d,
                 self.max_seq_len * d,
@@ -149,7 +174,16 @@ impl DecoderConfig {
         } else {
             d
         };
-        self.vocab_size * d + positions + self.n_layers * (attention + mlp + norms) + final_norm
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        self.vocab_size * d
+            + positions
+            + self.n_layers * (attention + mlp + norms)
+            + final_norm
+            + head
     }
 }
 
@@ -167,6 +201,26 @@ mod tests {
     fn swiglu_width_keeps_a_4d_mlps_parameters_roughly() {
         let config = DecoderConfig::tiny();
         assert_eq!(config.mlp_hidden(), 384); // 8*128/3 = 341.3 → 384
+    }
+
+    #[test]
+    fn smollm2_135m_has_134_5m_parameters() {
+        // HF's LlamaForCausalLM for SmolLM2-135M reports 134,515,008 parameters: 30 blocks of
+        // width 576, 9 query and 3 key/value heads, SwiGLU of 1536, tied head.
+        let config = DecoderConfig::new(49152, 576, 30, 9, 8192)
+            .with_n_kv_heads(Some(3))
+            .with_d_ff(Some(1536));
+        assert_eq!(config.num_params(), 134_515_008);
+        let untied = config.clone().with_tie_embeddings(false);
+        assert_eq!(untied.num_params(), 134_515_008 + 49152 * 576);
+    }
+
+    #[test]
+    fn key_value_heads_must_divide_heads() {
+        let config = DecoderConfig::new(10, 64, 1, 4, 8);
+        assert!(config.clone().with_n_kv_heads(Some(3)).validate().is_err());
+        assert!(config.clone().with_n_kv_heads(Some(0)).validate().is_err());
+        assert!(config.with_n_kv_heads(Some(2)).validate().is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The decoder: embeddings, blocks, final norm and the tied language-model head.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor};
@@ -33,6 +33,9 @@ pub struct Decoder<B: Backend> {
     rope: Option<RotaryEmbedding<B>>,
     blocks: Vec<Block<B>>,
     final_norm: Norm<B>,
+    /// `[vocab_size, d_model]`, the language-model head when it is not tied to the token
+    /// embedding (`tie_embeddings = false`), in the embedding's layout.
+    lm_head: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     config: DecoderConfig,
 }
@@ -72,6 +75,13 @@ impl DecoderConfig {
                 .map(|_| Block::init(self, device))
                 .collect(),
             final_norm: Norm::init(self, device),
+            lm_head: (!self.tie_embeddings).then(|| {
+                Initializer::Normal {
+                    mean: 0.0,
+                    std: self.init_std,
+                }
+                .init([self.vocab_size, self.d_model], device)
+            }),
             config: self.clone(),
         }))
     }
@@ -138,7 +148,7 @@ impl<B: Backend> Decoder<B> {
     /// The same model with only its top `n` blocks and the final norm left to train: the
     /// embeddings (and with them the tied language-model head) and the lower blocks no longer
     /// require gradients, so no optimiser moves them. `n` ≥ the number of blocks freezes only
-    /// the embeddings.
+    /// the embeddings. An untied head, on top of the blocks, stays trainable.
     pub fn train_top_blocks(mut self, n: usize) -> Self {
         let frozen = self.blocks.len().saturating_sub(n);
         self.token_embedding = self.token_embedding.no_grad();
@@ -152,7 +162,17 @@ impl<B: Backend> Decoder<B> {
         self
     }
 
-    /// The tied language-model head: hidden states times the token embedding's transpose.
+    /// The language-model head's weight, `[vocab_size, d_model]`: the token embedding when
+    /// tied, else the head's own matrix.
+    pub fn head_weight(&self) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.token_embedding.weight.val(),
+        }
+    }
+
+    /// The language-model head: hidden states times the head weight's transpose (the token
+    /// embedding's, when tied).
     ///
     /// # Shapes
     /// - `hidden`: `[batch, seq, d_model]` → `[batch, seq, vocab_size]`
@@ -161,7 +181,7 @@ impl<B: Backend> Decoder<B> {
         // (`unsqueeze`) makes flex copy the whole `[vocab, d]` embedding on every call, a third
         // of the time of a decoding step.
         let [batch, seq, d] = hidden.dims();
-        let weight = self.token_embedding.weight.val().transpose();
+        let weight = self.head_weight().transpose();
         let hidden = hidden.reshape([batch * seq, d]);
         #[cfg(feature = "flex")]
         if let Some(logits) = crate::kernels::flex::matmul_few_rows(&hidden, &weight, None) {
@@ -261,7 +281,7 @@ impl<B: AutodiffBackend> Decoder<B> {
         let chunk_rows = (LOGITS_PER_CHUNK / self.config.vocab_size).max(1);
         fused_linear_cross_entropy(
             hidden.reshape([size * seq, d]),
-            self.token_embedding.weight.val(),
+            self.head_weight(),
             batch.targets.clone().reshape([size * seq]),
             batch.mask.clone().reshape([size * seq]),
             batch.n_targets,

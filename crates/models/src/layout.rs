@@ -1,0 +1,376 @@
+//! How Hugging Face's tensors map onto Ember's decoder, both ways.
+//!
+//! | Ember (burn, `Linear` weights `[in, out]`) | HF Llama (`[out, in]`) | HF GPT-2 (`Conv1D`, `[in, out]`) |
+//! |---|---|---|
+//! | `token_embedding.weight` | `model.embed_tokens.weight` | `transformer.wte.weight` |
+//! | `position_embedding.weight` | — | `transformer.wpe.weight` |
+//! | `blocks.i.attention.qkv.weight` | `q_proj`, `k_proj`, `v_proj` stacked, transposed | `attn.c_attn.weight` |
+//! | `blocks.i.attention.proj.weight` | `self_attn.o_proj.weight`ᵀ | `attn.c_proj.weight` |
+//! | `blocks.i.attention_norm.*` | `input_layernorm.weight` | `ln_1.weight`, `ln_1.bias` |
+//! | `blocks.i.mlp.SwiGlu.{gate,up,down}.weight` | `mlp.{gate,up,down}_proj.weight`ᵀ | — |
+//! | `blocks.i.mlp.Gelu.{up,down}.*` | — | `mlp.c_fc.*`, `mlp.c_proj.*` |
+//! | `blocks.i.mlp_norm.*` | `post_attention_layernorm.weight` | `ln_2.*` |
+//! | `final_norm.*` | `model.norm.weight` | `transformer.ln_f.*` |
+//! | `lm_head` (`[vocab, d]`, untied only) | `lm_head.weight` | — (tied) |
+//!
+//! Ember's rotary embedding is HF's rotate-half layout, so Llama's query and key rows need no
+//! permutation here (GGUF's do; see [`crate::gguf_layout`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use ember_transformer::{Architecture, Decoder, DecoderConfig};
+
+use crate::{Error, Result};
+
+/// A tensor in host memory: its shape (outermost first) and row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+impl HostTensor {
+    /// A tensor of `shape` holding `values`.
+    pub fn new(shape: Vec<usize>, values: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len());
+        Self { shape, values }
+    }
+
+    /// The transpose of a matrix.
+    pub fn transposed(&self) -> Self {
+        let [rows, cols] = [self.shape[0], self.shape[1]];
+        let mut values = vec![0.0; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                values[c * rows + r] = self.values[r * cols + c];
+            }
+        }
+        Self::new(vec![cols, rows], values)
+    }
+
+    /// Matrices with the same number of columns, one on top of another.
+    pub fn stack_rows(parts: &[&HostTensor]) -> Self {
+        let cols = parts[0].shape[1];
+        let rows = parts.iter().map(|p| p.shape[0]).sum();
+        let values = parts.iter().flat_map(|p| p.values.iter().copied()).collect();
+        Self::new(vec![rows, cols], values)
+    }
+
+    /// Rows `start..start + n` of a matrix.
+    pub fn rows(&self, start: usize, n: usize) -> Self {
+        let cols = self.shape[1];
+        Self::new(
+            vec![n, cols],
+            self.values[start * cols..(start + n) * cols].to_vec(),
+        )
+    }
+}
+
+/// Named tensors in one format's names and layouts.
+pub type Weights = BTreeMap<String, HostTensor>;
+
+/// Takes a tensor out of `weights`, checking its shape.
+pub(crate) fn take(
+    weights: &mut Weights,
+    name: &str,
+    shape: &[usize],
+    origin: &Path,
+) -> Result<HostTensor> {
+    let tensor = weights.remove(name).ok_or_else(|| Error::MissingTensor {
+        path: origin.to_path_buf(),
+        tensor: name.to_string(),
+    })?;
+    if tensor.shape != shape {
+        return Err(Error::Shape {
+            path: origin.to_path_buf(),
+            tensor: name.to_string(),
+            expected: shape.to_vec(),
+            found: tensor.shape,
+        });
+    }
+    Ok(tensor)
+}
+
+/// The HF name prefix of GPT-2's trunk: `transformer.` in `GPT2LMHeadModel` checkpoints,
+/// nothing in `GPT2Model` ones (the original `gpt2` repository).
+fn gpt2_prefix(weights: &Weights) -> &'static str {
+    if weights.contains_key("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    }
+}
+
+/// HF tensors → Ember's parameters by module path, in Ember's layout. Every tensor the
+/// config needs must be there with its shape; tensors HF keeps besides (GPT-2's attention
+/// `bias` buffers, a tied `lm_head.weight`) are ignored.
+///
+/// # Errors
+/// [`Error::MissingTensor`] or [`Error::Shape`], naming the HF tensor.
+pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Result<Weights> {
+    let (d, v, hd) = (config.d_model, config.vocab_size, config.head_dim());
+    let (heads, kv, ff) = (config.n_heads, config.kv_heads(), config.mlp_hidden());
+    let mut out = Weights::new();
+    let hf = &mut hf;
+    match config.architecture {
+        Architecture::Llama => {
+            out.insert(
+                "token_embedding.weight".into(),
+                take(hf, "model.embed_tokens.weight", &[v, d], origin)?,
+            );
+            for i in 0..config.n_layers {
+                let p = format!("model.layers.{i}.");
+                let e = format!("blocks.{i}.");
+                let q = take(hf, &format!("{p}self_attn.q_proj.weight"), &[heads * hd, d], origin)?;
+                let k = take(hf, &format!("{p}self_attn.k_proj.weight"), &[kv * hd, d], origin)?;
+                let val = take(hf, &format!("{p}self_attn.v_proj.weight"), &[kv * hd, d], origin)?;
+                out.insert(
+                    format!("{e}attention.qkv.weight"),
+                    HostTensor::stack_rows(&[&q, &k, &val]).transposed(),
+                );
+                let mut linear = |hf_name: &str, ember: &str, shape: [usize; 2]| -> Result<()> {
+                    let t = take(hf, &format!("{p}{hf_name}"), &shape, origin)?;
+                    out.insert(format!("{e}{ember}"), t.transposed());
+                    Ok(())
+                };
+                linear("self_attn.o_proj.weight", "attention.proj.weight", [d, heads * hd])?;
+                linear("mlp.gate_proj.weight", "mlp.SwiGlu.gate.weight", [ff, d])?;
+                linear("mlp.up_proj.weight", "mlp.SwiGlu.up.weight", [ff, d])?;
+                linear("mlp.down_proj.weight", "mlp.SwiGlu.down.weight", [d, ff])?;
+                out.insert(
+                    format!("{e}attention_norm.Rms.gamma"),
+                    take(hf, &format!("{p}input_layernorm.weight"), &[d], origin)?,
+                );
+                out.insert(
+                    format!("{e}mlp_norm.Rms.gamma"),
+                    take(hf, &format!("{p}post_attention_layernorm.weight"), &[d], origin)?,
+                );
+            }
+            out.insert(
+                "final_norm.Rms.gamma".into(),
+                take(hf, "model.norm.weight", &[d], origin)?,
+            );
+            if !config.tie_embeddings {
+                out.insert("lm_head".into(), take(hf, "lm_head.weight", &[v, d], origin)?);
+            }
+        }
+        Architecture::Gpt2 => {
+            let t = gpt2_prefix(hf);
+            out.insert(
+                "token_embedding.weight".into(),
+                take(hf, &format!("{t}wte.weight"), &[v, d], origin)?,
+            );
+            out.insert(
+                "position_embedding.weight".into(),
+                take(hf, &format!("{t}wpe.weight"), &[config.max_seq_len, d], origin)?,
+            );
+            let qkv = (heads + 2 * kv) * hd;
+            for i in 0..config.n_layers {
+                let p = format!("{t}h.{i}.");
+                let e = format!("blocks.{i}.");
+                let pairs: [(&str, &str, Vec<usize>); 12] = [
+                    ("ln_1.weight", "attention_norm.Layer.gamma", vec![d]),
+                    ("ln_1.bias", "attention_norm.Layer.beta", vec![d]),
+                    ("attn.c_attn.weight", "attention.qkv.weight", vec![d, qkv]),
+                    ("attn.c_attn.bias", "attention.qkv.bias", vec![qkv]),
+                    ("attn.c_proj.weight", "attention.proj.weight", vec![d, d]),
+                    ("attn.c_proj.bias", "attention.proj.bias", vec![d]),
+                    ("ln_2.weight", "mlp_norm.Layer.gamma", vec![d]),
+                    ("ln_2.bias", "mlp_norm.Layer.beta", vec![d]),
+                    ("mlp.c_fc.weight", "mlp.Gelu.up.weight", vec![d, ff]),
+                    ("mlp.c_fc.bias", "mlp.Gelu.up.bias", vec![ff]),
+                    ("mlp.c_proj.weight", "mlp.Gelu.down.weight", vec![ff, d]),
+                    ("mlp.c_proj.bias", "mlp.Gelu.down.bias", vec![d]),
+                ];
+                for (hf_name, ember, shape) in pairs {
+                    out.insert(
+                        format!("{e}{ember}"),
+                        take(hf, &format!("{p}{hf_name}"), &shape, origin)?,
+                    );
+                }
+            }
+            out.insert(
+                "final_norm.Layer.gamma".into(),
+                take(hf, &format!("{t}ln_f.weight"), &[d], origin)?,
+            );
+            out.insert(
+                "final_norm.Layer.beta".into(),
+                take(hf, &format!("{t}ln_f.bias"), &[d], origin)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Ember's parameters → HF tensors (names and layouts of `LlamaForCausalLM` or
+/// `GPT2LMHeadModel`); the inverse of [`hf_to_ember`].
+pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
+    let (heads, kv, hd) = (config.n_heads, config.kv_heads(), config.head_dim());
+    let mut out = Weights::new();
+    let mut take = |name: &str| ember.remove(name).expect("a parameter of the config's model");
+    match config.architecture {
+        Architecture::Llama => {
+            out.insert("model.embed_tokens.weight".into(), take("token_embedding.weight"));
+            for i in 0..config.n_layers {
+                let p = format!("model.layers.{i}.");
+                let e = format!("blocks.{i}.");
+                let qkv = take(&format!("{e}attention.qkv.weight")).transposed();
+                out.insert(format!("{p}self_attn.q_proj.weight"), qkv.rows(0, heads * hd));
+                out.insert(format!("{p}self_attn.k_proj.weight"), qkv.rows(heads * hd, kv * hd));
+                out.insert(
+                    format!("{p}self_attn.v_proj.weight"),
+                    qkv.rows((heads + kv) * hd, kv * hd),
+                );
+                for (ember_name, hf_name) in [
+                    ("attention.proj.weight", "self_attn.o_proj.weight"),
+                    ("mlp.SwiGlu.gate.weight", "mlp.gate_proj.weight"),
+                    ("mlp.SwiGlu.up.weight", "mlp.up_proj.weight"),
+                    ("mlp.SwiGlu.down.weight", "mlp.down_proj.weight"),
+                ] {
+                    out.insert(format!("{p}{hf_name}"), take(&format!("{e}{ember_name}")).transposed());
+                }
+                out.insert(format!("{p}input_layernorm.weight"), take(&format!("{e}attention_norm.Rms.gamma")));
+                out.insert(
+                    format!("{p}post_attention_layernorm.weight"),
+                    take(&format!("{e}mlp_norm.Rms.gamma")),
+                );
+            }
+            out.insert("model.norm.weight".into(), take("final_norm.Rms.gamma"));
+            if !config.tie_embeddings {
+                out.insert("lm_head.weight".into(), take("lm_head"));
+            }
+        }
+        Architecture::Gpt2 => {
+            out.insert("transformer.wte.weight".into(), take("token_embedding.weight"));
+            out.insert("transformer.wpe.weight".into(), take("position_embedding.weight"));
+            for i in 0..config.n_layers {
+                let p = format!("transformer.h.{i}.");
+                let e = format!("blocks.{i}.");
+                for (hf_name, ember_name) in [
+                    ("ln_1.weight", "attention_norm.Layer.gamma"),
+                    ("ln_1.bias", "attention_norm.Layer.beta"),
+                    ("attn.c_attn.weight", "attention.qkv.weight"),
+                    ("attn.c_attn.bias", "attention.qkv.bias"),
+                    ("attn.c_proj.weight", "attention.proj.weight"),
+                    ("attn.c_proj.bias", "attention.proj.bias"),
+                    ("ln_2.weight", "mlp_norm.Layer.gamma"),
+                    ("ln_2.bias", "mlp_norm.Layer.beta"),
+                    ("mlp.c_fc.weight", "mlp.Gelu.up.weight"),
+                    ("mlp.c_fc.bias", "mlp.Gelu.up.bias"),
+                    ("mlp.c_proj.weight", "mlp.Gelu.down.weight"),
+                    ("mlp.c_proj.bias", "mlp.Gelu.down.bias"),
+                ] {
+                    out.insert(format!("{p}{hf_name}"), take(&format!("{e}{ember_name}")));
+                }
+            }
+            out.insert("transformer.ln_f.weight".into(), take("final_norm.Layer.gamma"));
+            out.insert("transformer.ln_f.bias".into(), take("final_norm.Layer.beta"));
+        }
+    }
+    out
+}
+
+/// Builds the decoder of `config` holding `params` (Ember's paths and layout, as
+/// [`hf_to_ember`] gives them).
+///
+/// # Errors
+/// An invalid config; [`Error::MissingTensor`] or [`Error::Shape`] for a parameter the
+/// model has that `params` lacks or shapes otherwise.
+pub fn build_decoder<B: Backend>(
+    config: &DecoderConfig,
+    mut params: Weights,
+    origin: &Path,
+    device: &B::Device,
+) -> Result<Decoder<B>> {
+    // A zero init_std makes the throwaway initial weights cheap zeros.
+    let model = config.clone().with_init_std(0.0).init::<B>(device)?;
+    struct Fill<'a, B: Backend> {
+        path: Vec<String>,
+        params: &'a mut Weights,
+        device: B::Device,
+        problem: Option<(String, Vec<usize>, Option<Vec<usize>>)>,
+    }
+    impl<B: Backend> ModuleMapper<B> for Fill<'_, B> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let name = self.path.join(".");
+            let (id, tensor, mapper) = param.consume();
+            let shape = tensor.dims().to_vec();
+            match self.params.remove(&name) {
+                Some(host) if host.shape == shape => {
+                    let data = TensorData::new(host.values, shape);
+                    Param::from_mapped_value(id, Tensor::from_data(data, &self.device), mapper)
+                }
+                other => {
+                    if self.problem.is_none() {
+                        self.problem = Some((name, shape, other.map(|h| h.shape)));
+                    }
+                    Param::from_mapped_value(id, tensor, mapper)
+                }
+            }
+        }
+    }
+    let mut fill = Fill::<B> {
+        path: Vec::new(),
+        params: &mut params,
+        device: device.clone(),
+        problem: None,
+    };
+    let model = model.map(&mut fill);
+    match fill.problem {
+        None => Ok(model),
+        Some((tensor, expected, None)) => Err(Error::MissingTensor {
+            path: origin.to_path_buf(),
+            tensor: format!("{tensor} (Ember's {expected:?})"),
+        }),
+        Some((tensor, expected, Some(found))) => Err(Error::Shape {
+            path: origin.to_path_buf(),
+            tensor,
+            expected,
+            found,
+        }),
+    }
+}
+
+/// Every float parameter of a decoder, by module path, in Ember's layout.
+pub fn decoder_params<B: Backend>(model: &Decoder<B>) -> Weights {
+    struct Collect {
+        path: Vec<String>,
+        out: Weights,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let tensor = param.val();
+            let shape = tensor.dims().to_vec();
+            let values = tensor
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("float data");
+            self.out.insert(self.path.join("."), HostTensor::new(shape, values));
+        }
+    }
+    let mut collect = Collect {
+        path: Vec::new(),
+        out: Weights::new(),
+    };
+    model.visit(&mut collect);
+    collect.out
+}
