@@ -322,11 +322,21 @@ pub fn write_safetensors(path: &Path, weights: &Weights) -> Result<()> {
     write_atomically(path, &data)
 }
 
-/// The chat template in a `tokenizer_config.json`, if there is one.
+/// The chat template file `transformers` 5 writes beside `tokenizer_config.json`.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// The folder's chat template: `chat_template.jinja` (`transformers` 5), else the
+/// `chat_template` of `tokenizer_config.json` (earlier versions), if either is there.
 ///
 /// # Errors
-/// A file that is there but is not JSON.
+/// A file that is there but cannot be read, or is not JSON.
 pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join(CHAT_TEMPLATE_FILE);
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| Error::io(&jinja, e));
+    }
     let path = dir.join(TOKENIZER_CONFIG_FILE);
     if !path.is_file() {
         return Ok(None);

@@ -204,7 +204,8 @@ mod tests {
             let chunk = &values[block * 32..block * 32 + 32];
             let step = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
             for i in block * 32..block * 32 + 32 {
-                assert!((back[i] - values[i]).abs() <= step * 0.51, "{i}");
+                // Half a step of rounding, plus the scale's own f16 rounding (2⁻¹¹ of up to 127 steps).
+                assert!((back[i] - values[i]).abs() <= step * 0.57, "{i}");
             }
         }
     }
