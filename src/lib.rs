@@ -3,6 +3,7 @@
 //! This crate re-exports Ember's crates under short names, as `burn` does for its own.
 
 pub use ember_instruct as instruct;
+pub use ember_models as models;
 pub use ember_pipeline as pipeline;
 pub use ember_ppo as ppo;
 pub use ember_reward as reward;

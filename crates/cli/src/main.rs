@@ -48,6 +48,12 @@ enum Command {
     /// Look at instruction data.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Read a real model (a GGUF file or a Hugging Face folder: Llama-family with grouped-query
+    /// attention, GPT-2) into an Ember model folder that every stage and `ember chat` take.
+    Import(commands::models::ImportArgs),
+    /// Write an Ember model folder as a Hugging Face folder or a GGUF file, for
+    /// `transformers`, llama.cpp and the tools built on them.
+    Export(commands::models::ExportArgs),
     /// Training-step and generation throughput on the chosen device (tokens/s, GFLOP/s), as
     /// a table; see docs/benchmarks.md for the kernel benches and the PyTorch comparison.
     Bench(commands::bench::Args),
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Import(args) => commands::models::import(args),
+        Command::Export(args) => commands::models::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

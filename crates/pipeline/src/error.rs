@@ -87,6 +87,9 @@ pub enum Error {
     /// From the chat template or the instruction data.
     #[error(transparent)]
     Instruct(#[from] ember_instruct::Error),
+    /// From reading or writing another format (GGUF, a Hugging Face folder).
+    #[error(transparent)]
+    Models(#[from] ember_models::Error),
     /// From the model or generation.
     #[error(transparent)]
     Model(#[from] ember_transformer::Error),

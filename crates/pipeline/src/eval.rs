@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation, Message};
 use ember_tasks::{Example, TaskSet};
-use ember_tokenizer::Special;
 use ember_transformer::{generate, Decoder, GenerateConfig, Sampling};
 use serde::{Deserialize, Serialize};
 
@@ -105,8 +104,8 @@ pub fn score_answers<B: Backend>(
     let mut config = GenerateConfig {
         max_new_tokens: answering.max_new_tokens,
         sampling: answering.sampling(),
-        stop_tokens: vec![template.stop_token(), tokenizer.special(Special::Eos)?],
-        pad_token: tokenizer.special(Special::Pad)?,
+        stop_tokens: vec![template.stop_token(), template.eos_token()],
+        pad_token: template.pad_token(),
         seed: answering.seed,
     };
     let repeated = examples

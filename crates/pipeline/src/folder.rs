@@ -1,11 +1,11 @@
 //! A model folder: the weights (`model.mpk`), the model's config (`model.json`), the tokenizer
-//! it was trained with (`tokenizer.json`) and, for a reward model, `reward.json`. The chat
-//! template is Ember's, built from the tokenizer's special tokens.
+//! it was trained with (`tokenizer.json`), its chat template (`template.json`; without one,
+//! Ember's own over the tokenizer's special tokens) and, for a reward model, `reward.json`.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use ember_instruct::ChatTemplate;
+use ember_instruct::{ChatTemplate, TemplateSpec};
 use ember_reward::{load_reward_model, save_reward_model, Normalization, RewardModel};
 use ember_tokenizer::Tokenizer;
 use ember_train::{load_model, load_model_config, save_model};
@@ -15,6 +15,9 @@ use crate::{Error, Result};
 
 /// The tokenizer's file in a model folder.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The chat template's file in a model folder (absent: Ember's template).
+pub const TEMPLATE_FILE: &str = "template.json";
 
 /// A model folder on disk, written whole or not at all: [`ModelFolder::save`] writes a hidden
 /// sibling folder and renames it into place, so a folder that exists is complete.
@@ -52,12 +55,26 @@ impl ModelFolder {
         Ok(Tokenizer::from_file(self.path.join(TOKENIZER_FILE))?)
     }
 
+    /// The folder's template spec: `template.json`, or Ember's when there is none.
+    ///
+    /// # Errors
+    /// A `template.json` that cannot be read or parsed (named with its line).
+    pub fn template_spec(&self) -> Result<TemplateSpec> {
+        let path = self.path.join(TEMPLATE_FILE);
+        if !path.is_file() {
+            return Ok(TemplateSpec::ember());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
     /// The chat template over the tokenizer.
     ///
     /// # Errors
-    /// As [`ModelFolder::tokenizer`], or a tokenizer without the template's special tokens.
+    /// As [`ModelFolder::tokenizer`] and [`ModelFolder::template_spec`], or a tokenizer
+    /// without the template's special tokens.
     pub fn template(&self) -> Result<ChatTemplate> {
-        Ok(ChatTemplate::new(self.tokenizer()?)?)
+        Ok(ChatTemplate::with_spec(self.tokenizer()?, self.template_spec()?)?)
     }
 
     /// The model's config.
@@ -87,14 +104,31 @@ impl ModelFolder {
         Ok(load_reward_model::<B>(&self.path, device)?)
     }
 
-    /// Saves a language model with its tokenizer, replacing what the folder held.
+    /// Saves a language model with its tokenizer and Ember's template, replacing what the
+    /// folder held.
     ///
     /// # Errors
     /// The files cannot be written.
     pub fn save<B: Backend>(&self, model: &Decoder<B>, tokenizer: &Tokenizer) -> Result<()> {
-        // The tokenizer first: the model's manifest, written last, then covers it too.
+        self.save_with_template(model, tokenizer, &TemplateSpec::ember())
+    }
+
+    /// Saves a language model with its tokenizer and chat template, replacing what the
+    /// folder held.
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn save_with_template<B: Backend>(
+        &self,
+        model: &Decoder<B>,
+        tokenizer: &Tokenizer,
+        template: &TemplateSpec,
+    ) -> Result<()> {
+        // The tokenizer and template first: the model's manifest, written last, then covers
+        // them too.
         self.write_whole(|dir| {
             tokenizer.save(dir.join(TOKENIZER_FILE))?;
+            write_template(dir, template)?;
             save_model(model, dir)?;
             Ok(())
         })
@@ -109,10 +143,11 @@ impl ModelFolder {
         &self,
         model: &RewardModel<B>,
         normalization: Normalization,
-        tokenizer: &Tokenizer,
+        template: &ChatTemplate,
     ) -> Result<()> {
         self.write_whole(|dir| {
-            tokenizer.save(dir.join(TOKENIZER_FILE))?;
+            template.tokenizer().save(dir.join(TOKENIZER_FILE))?;
+            write_template(dir, template.spec())?;
             save_reward_model(model, normalization, dir)?;
             Ok(())
         })
@@ -142,6 +177,16 @@ impl ModelFolder {
         }
         std::fs::rename(&partial, &self.path).map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// Writes `template.json`, unless the template is Ember's (a folder without one has it).
+fn write_template(dir: &Path, template: &TemplateSpec) -> Result<()> {
+    if *template == TemplateSpec::ember() {
+        return Ok(());
+    }
+    let path = dir.join(TEMPLATE_FILE);
+    let text = serde_json::to_string_pretty(template).expect("a template serialises");
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
 }
 
 #[cfg(test)]

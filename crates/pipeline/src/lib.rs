@@ -6,6 +6,7 @@ mod data;
 mod error;
 mod eval;
 mod folder;
+mod interop;
 mod pipeline;
 mod plot;
 mod ppo;
@@ -26,7 +27,8 @@ pub use data::{
 };
 pub use error::{Error, Result};
 pub use eval::{score_answers, Answering, FamilyScore, JudgeScores, Scored, WinTieLoss};
-pub use folder::{ModelFolder, TOKENIZER_FILE};
+pub use folder::{ModelFolder, TEMPLATE_FILE, TOKENIZER_FILE};
+pub use interop::{export_model, import_model, ExportFormat, ImportSummary};
 pub use pipeline::{Decision, Pipeline, PipelineSettings, RunFolder, Stage, Timings};
 pub use plot::{write_svg, Chart, Series};
 pub use ppo::{

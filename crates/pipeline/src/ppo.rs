@@ -11,7 +11,6 @@ use ember_instruct::{read_prompts, ChatTemplate, Conversation, Message, OnError}
 use ember_ppo::{ActorCritic, Environment, Judge, Ppo, PpoConfig, PpoData, Prompt, Sample};
 use ember_reward::RewardModel;
 use ember_tasks::{Split, TaskSet};
-use ember_tokenizer::Special;
 use ember_train::{fit, OptimizerConfig, PretrainConfig, Pretraining, RunDir, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -246,7 +245,7 @@ pub fn ppo<B: AutodiffBackend>(
     let train_config = settings.train_config(true)?;
     start_run(&inputs.run, settings)?;
     let tokenizer = inputs.policy.tokenizer()?;
-    let template = ChatTemplate::new(tokenizer.clone())?;
+    let template = inputs.policy.template()?;
     let policy = inputs.policy.load::<B>(device)?;
     let reference = policy.valid();
     let policy = match settings.train_top_blocks {
@@ -284,8 +283,8 @@ pub fn ppo<B: AutodiffBackend>(
         reward,
         normalization,
         stop_token: template.stop_token(),
-        other_stops: vec![tokenizer.special(Special::Eos)?],
-        pad_token: tokenizer.special(Special::Pad)?,
+        other_stops: vec![template.eos_token()],
+        pad_token: template.pad_token(),
     };
     let ptx = match &inputs.ptx_shards {
         Some(dir) if settings.ppo.ptx_coef > 0.0 => Some(Pretraining::<B>::open(
@@ -340,7 +339,7 @@ pub fn ppo<B: AutodiffBackend>(
     )?;
     // Last: the model folder is what says the stage is done.
     let folder = ModelFolder::new(inputs.run.join("model"));
-    folder.save(&model.policy, &tokenizer)?;
+    folder.save_with_template(&model.policy, &tokenizer, template.spec())?;
     Ok(PpoTrained {
         model: folder,
         before,

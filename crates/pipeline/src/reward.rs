@@ -13,7 +13,6 @@ use ember_reward::{
     score_rows, EncodedRanking, Evaluation, Normalization, Ranking, RankingConfig,
     RankingObjective, RewardModel,
 };
-use ember_tokenizer::Special;
 use ember_train::{fit, RunDir, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -175,9 +174,8 @@ pub fn train_reward_model<B: AutodiffBackend>(
 ) -> Result<RewardTrained> {
     check_fraction(settings.val_fraction)?;
     start_run(&inputs.run, settings)?;
-    let tokenizer = inputs.model.tokenizer()?;
-    let template = ChatTemplate::new(tokenizer.clone())?;
-    let pad = tokenizer.special(Special::Pad)?;
+    let template = inputs.model.template()?;
+    let pad = template.pad_token();
     let trunk = inputs.model.load::<B>(device)?;
     let max_len = trunk.config().max_seq_len;
     let mut train = load_rankings(&inputs.data, inputs.on_error, log)?;
@@ -229,7 +227,7 @@ pub fn train_reward_model<B: AutodiffBackend>(
         Some(Evaluation::new(objective.val(), &scores))
     };
     let folder = ModelFolder::new(inputs.run.join("model"));
-    folder.save_reward(&model, normalization, &tokenizer)?;
+    folder.save_reward(&model, normalization, &template)?;
     Ok(RewardTrained {
         model: folder,
         rankings: (objective.train().len(), objective.val().len()),
@@ -291,7 +289,7 @@ pub fn evaluate_reward_model<B: Backend>(
     template: &ChatTemplate,
     rankings: Vec<Ranking>,
 ) -> Result<RewardEvaluation> {
-    let pad = template.tokenizer().special(Special::Pad)?;
+    let pad = template.pad_token();
     let max_len = model.trunk().config().max_seq_len;
     let (encoded, too_long) = encode_rankings(template, &rankings, max_len)?;
     if too_long > 0 {
@@ -319,7 +317,7 @@ pub fn score_answers_with<B: Backend>(
     template: &ChatTemplate,
     pairs: &[(Conversation, String)],
 ) -> Result<Vec<(f64, f64)>> {
-    let pad = template.tokenizer().special(Special::Pad)?;
+    let pad = template.pad_token();
     let rows = pairs
         .iter()
         .map(|(prompt, answer)| answer_row(template, prompt, answer))

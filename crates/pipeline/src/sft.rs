@@ -149,7 +149,7 @@ pub fn sft<B: AutodiffBackend>(
         train.len(),
         val.len()
     ));
-    let pad = tokenizer.special(ember_tokenizer::Special::Pad)?;
+    let pad = template.pad_token();
     let model = inputs.model.load::<B>(device)?;
     let mut objective = Sft::<B>::new(&train, &val, pad, settings.batch.clone(), device)?;
     let loss_before = objective.evaluate(&model.valid())?;
@@ -163,7 +163,7 @@ pub fn sft<B: AutodiffBackend>(
         &RunDir::new(&inputs.run),
     )?;
     let folder = ModelFolder::new(inputs.run.join("model"));
-    folder.save(&model.valid(), &tokenizer)?;
+    folder.save_with_template(&model.valid(), &tokenizer, template.spec())?;
     Ok(Tuned {
         model: folder,
         conversations: (train.len(), val.len()),

@@ -4,7 +4,6 @@
 
 use burn::tensor::backend::Backend;
 use ember_instruct::{ChatTemplate, Conversation};
-use ember_tokenizer::Special;
 use ember_transformer::{generate, Decoder, GenerateConfig, Sampling};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -116,7 +115,7 @@ pub fn collect_rankings<B: Backend>(
 ) -> Result<Collected> {
     config.validate()?;
     let tokenizer = template.tokenizer();
-    let stops = vec![template.stop_token(), tokenizer.special(Special::Eos)?];
+    let stops = vec![template.stop_token(), template.eos_token()];
     let rows = prompts
         .iter()
         .map(|p| template.render_prompt(&p.prompt))
@@ -130,7 +129,7 @@ pub fn collect_rankings<B: Backend>(
             max_new_tokens: config.max_new_tokens,
             sampling: config.sampling,
             stop_tokens: stops.clone(),
-            pad_token: tokenizer.special(Special::Pad)?,
+            pad_token: template.pad_token(),
             seed: config.seed.wrapping_add((c * config.batch_size) as u64),
         };
         for output in generate(policy, chunk, &generation)? {

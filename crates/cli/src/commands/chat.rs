@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use ember_instruct::{Conversation, Message, Role};
 use ember_pipeline::ModelFolder;
-use ember_tokenizer::Special;
 use ember_transformer::{generate_streaming, GenerateConfig};
 
 use super::sampling::{SamplingArgs, StreamPrinter};
@@ -94,8 +93,8 @@ fn chat<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
         let config = GenerateConfig {
             max_new_tokens: settings.max_new_tokens,
             sampling: settings.sampling,
-            stop_tokens: vec![template.stop_token(), tokenizer.special(Special::Eos)?],
-            pad_token: tokenizer.special(Special::Pad)?,
+            stop_tokens: vec![template.stop_token(), template.eos_token()],
+            pad_token: template.pad_token(),
             seed: settings.seed.wrapping_add(turn),
         };
         turn += 1;

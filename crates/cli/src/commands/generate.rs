@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use ember_instruct::{read_prompts, OnError};
+use ember_instruct::{read_prompts, ChatTemplate, OnError};
 use ember_pipeline::ModelFolder;
-use ember_tokenizer::{Special, Tokenizer};
 use ember_transformer::{generate_streaming, GenerateConfig};
 
 use super::sampling::{SamplingArgs, StreamPrinter};
@@ -37,6 +36,12 @@ pub struct Args {
     pub device: DeviceKind,
 }
 
+/// What an empty prompt starts from: the template's start-of-text token (Ember's `<|bos|>`),
+/// or, for a template without one (ChatML), its end-of-text token, as GPT-2 does.
+fn start_token(template: &ChatTemplate) -> u32 {
+    template.bos().first().copied().unwrap_or(template.eos_token())
+}
+
 /// Runs `ember generate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.sampling.settings()?; // Report a bad config before loading anything.
@@ -47,14 +52,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()> {
     let folder = ModelFolder::new(&args.model);
-    let tokenizer = folder.tokenizer()?;
+    let template = folder.template()?;
+    let tokenizer = template.tokenizer().clone();
     let model = folder.load::<B>(device)?;
     let prompts = if args.prompt.is_empty() {
         vec![String::new()]
     } else {
         args.prompt.clone()
     };
-    let bos = tokenizer.special(Special::Bos)?;
+    let bos = start_token(&template);
     let encoded = prompts
         .iter()
         .map(|p| {
@@ -66,13 +72,13 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
     let config = GenerateConfig {
         max_new_tokens: settings.max_new_tokens,
         sampling: settings.sampling,
-        stop_tokens: vec![tokenizer.special(Special::Eos)?],
-        pad_token: tokenizer.special(Special::Pad)?,
+        stop_tokens: vec![template.eos_token()],
+        pad_token: template.pad_token(),
         seed: settings.seed,
     };
 
     if let Some(file) = &args.prompts {
-        return generate_file(&model, &tokenizer, &config, file, args.batch_size);
+        return generate_file(&model, &template, &config, file, args.batch_size);
     }
     if encoded.len() == 1 {
         // One prompt: stream the text as it is generated.
@@ -93,7 +99,7 @@ fn generate_on<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()
 /// Continues the prompts of a JSONL file in batches and prints JSONL results.
 fn generate_file<B: Backend>(
     model: &ember_transformer::Decoder<B>,
-    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
     config: &GenerateConfig,
     file: &std::path::Path,
     batch_size: usize,
@@ -110,7 +116,8 @@ fn generate_file<B: Backend>(
         };
         prompts.push(text);
     }
-    let bos = tokenizer.special(Special::Bos)?;
+    let tokenizer = template.tokenizer();
+    let bos = start_token(template);
     for chunk in prompts.chunks(batch_size) {
         let encoded = chunk
             .iter()

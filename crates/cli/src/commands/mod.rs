@@ -5,6 +5,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod models;
 pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;
