@@ -107,14 +107,17 @@ impl TemplateSpec {
     /// in it as a literal, as SmolLM2's has), or Ember's own.
     pub fn recognise(jinja: &str) -> Option<Self> {
         if jinja.contains("<|im_start|>") {
-            let marker = "<|im_start|>system\n";
-            let default_system = jinja.find(marker).and_then(|at| {
+            // The newline after the role is a real one in most templates, `\n` written inside
+            // a quoted string in others (ours, see `to_jinja`).
+            let default_system = ["\n", "\\n"].iter().find_map(|newline| {
+                let marker = format!("<|im_start|>system{newline}");
+                let at = jinja.find(&marker)?;
                 let rest = &jinja[at + marker.len()..];
-                let end = rest.find("<|im_end|>")?;
-                let text = &rest[..end];
+                let text = &rest[..rest.find("<|im_end|>")?];
                 // A literal, not an expression that inserts the conversation's own message.
-                (!text.contains("{{") && !text.contains('\'') && !text.is_empty())
-                    .then(|| text.to_string())
+                (!text.contains("{{") && !text.is_empty())
+                    .then(|| unescape_literal(text))
+                    .flatten()
             });
             return Some(Self::chatml(default_system));
         }
@@ -159,6 +162,25 @@ impl TemplateSpec {
         ));
         out
     }
+}
+
+/// The text of a single-quoted Jinja string literal's inside (`\\n`, `\\'`, `\\\\` escapes),
+/// or `None` if an unescaped quote shows it is not one literal.
+fn unescape_literal(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            '\'' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// A chat template over a tokenizer: the [`TemplateSpec`]'s texts turned into token ids once.
@@ -555,6 +577,25 @@ mod tests {
                 assert!(template.annotate(&rendered).unwrap().contains(&hostile));
             }
         }
+    }
+
+    #[test]
+    fn a_spec_survives_its_jinja() {
+        let smollm = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+        let spec = TemplateSpec::recognise(smollm).unwrap();
+        assert_eq!(
+            spec.default_system.as_deref(),
+            Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        );
+        for spec in [
+            spec,
+            TemplateSpec::chatml(None),
+            TemplateSpec::chatml(Some("Be brief, it's late.\nReally.".into())),
+            TemplateSpec::ember(),
+        ] {
+            assert_eq!(TemplateSpec::recognise(&spec.to_jinja()), Some(spec));
+        }
+        assert_eq!(TemplateSpec::recognise("{{ messages }}"), None);
     }
 
     #[test]
