@@ -7,7 +7,6 @@
 
 use ember_tokenizer::{Special, Tokenizer};
 
-
 use crate::{Conversation, Error, Result, Role};
 
 /// A rendered conversation.
@@ -130,7 +129,11 @@ impl TemplateSpec {
     /// `tokenizer.chat_template` hold it, so that other tools format conversations the way
     /// the model was trained.
     pub fn to_jinja(&self) -> String {
-        let escape = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('\'', "\\'");
+        let escape = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('\n', "\\n")
+                .replace('\'', "\\'")
+        };
         let mut out = String::new();
         if !self.bos.is_empty() {
             out.push_str(&format!("{{{{ '{}' }}}}", escape(&self.bos)));
@@ -275,13 +278,19 @@ impl ChatTemplate {
         let pair = |[prefix, suffix]: &[String; 2]| -> Result<(Vec<u32>, Vec<u32>)> {
             Ok((encode(prefix)?, encode(suffix)?))
         };
-        let markers = [pair(&spec.system)?, pair(&spec.user)?, pair(&spec.assistant)?];
+        let markers = [
+            pair(&spec.system)?,
+            pair(&spec.user)?,
+            pair(&spec.assistant)?,
+        ];
         let single = |name: &str, text: &str| -> Result<u32> {
             match encode(text)?.as_slice() {
                 [id] if tokenizer.token_id(text).is_ok() => Ok(*id),
-                _ => Err(Error::Tokenizer(ember_tokenizer::Error::UnknownSpecialToken {
-                    token: format!("{text} (the template's {name})"),
-                })),
+                _ => Err(Error::Tokenizer(
+                    ember_tokenizer::Error::UnknownSpecialToken {
+                        token: format!("{text} (the template's {name})"),
+                    },
+                )),
             }
         };
         let stop_text = &spec.assistant[1];
@@ -372,8 +381,7 @@ impl ChatTemplate {
         out.ids.extend(content);
         // The assistant's stop token is learned; the rest of a suffix is the template's.
         out.ids.extend(end);
-        out.mask
-            .extend((0..end.len()).map(|i| learn && i == 0));
+        out.mask.extend((0..end.len()).map(|i| learn && i == 0));
         Ok(())
     }
 

@@ -18,8 +18,7 @@ fn main() -> anyhow::Result<()> {
     let [model, reference] = args.as_slice() else {
         anyhow::bail!("usage: parity MODEL REFERENCE.json");
     };
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(reference)?)?;
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(reference)?)?;
     let device = Default::default();
     let started = Instant::now();
     let imported = ember_models::import::<Flex>(&PathBuf::from(model), &device, |_, _| {})?;
@@ -73,7 +72,12 @@ fn main() -> anyhow::Result<()> {
             .zip(&last)
             .map(|(r, e)| (r.as_f64().unwrap() as f32 - e).abs())
             .fold(0f32, f32::max);
-        let argmax = logits.argmax(2).reshape([n]).into_data().convert::<i64>().to_vec::<i64>()?;
+        let argmax = logits
+            .argmax(2)
+            .reshape([n])
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()?;
         let same_argmax = case["argmax"]
             .as_array()
             .unwrap()
@@ -88,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         let started = Instant::now();
-        let generated = generate(&imported.decoder, &[expected_ids.clone()], &config)?;
+        let generated = generate(&imported.decoder, std::slice::from_ref(&expected_ids), &config)?;
         let seconds = started.elapsed().as_secs_f64();
         let expected_greedy = case["greedy"]
             .as_array()
@@ -121,7 +125,10 @@ fn main() -> anyhow::Result<()> {
         if ids == expected {
             equal += 1;
         } else {
-            println!("tokenisation differs: {:?}\n  ours {ids:?}\n  ref  {expected:?}", t["text"]);
+            println!(
+                "tokenisation differs: {:?}\n  ours {ids:?}\n  ref  {expected:?}",
+                t["text"]
+            );
         }
     }
     println!(

@@ -374,7 +374,10 @@ impl GgufFile {
             .ok_or_else(|| self.missing(key, "not an array"))?;
         array
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| self.missing(key, "not all strings")))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.missing(key, "not all strings"))
+            })
             .collect()
     }
 
@@ -468,7 +471,13 @@ impl GgufWriter {
     /// Adds a tensor of `shape` (outermost first) from row-major `values`, encoded as `kind`
     /// (F32, F16 or Q8_0; Q8_0 needs a last dimension that is a multiple of 32, else F16 is
     /// used as llama.cpp's converter does).
-    pub fn tensor(&mut self, name: impl Into<String>, shape: &[usize], values: &[f32], kind: GgmlType) {
+    pub fn tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        values: &[f32],
+        kind: GgmlType,
+    ) {
         let kind = match kind {
             GgmlType::Q8_0 if !shape.last().is_some_and(|d| d.is_multiple_of(32)) => GgmlType::F16,
             GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0 => kind,
@@ -547,8 +556,14 @@ impl GgufWriter {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dir.join(format!(".{name}.partial"));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
@@ -596,7 +611,10 @@ mod tests {
         assert_eq!(values[63], 63.0 / 8.0);
         let (_, quantised) = file.tensor("q").unwrap();
         assert!((quantised[63] - 63.0 / 8.0).abs() < 0.02);
-        assert!(matches!(file.tensor("nope"), Err(Error::MissingTensor { .. })));
+        assert!(matches!(
+            file.tensor("nope"),
+            Err(Error::MissingTensor { .. })
+        ));
     }
 
     #[test]

@@ -47,15 +47,13 @@ pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
     let architecture = match arch {
         "llama" => Architecture::Llama,
         "gpt2" => Architecture::Gpt2,
-        other => {
-            return Err(Error::Unsupported {
-                path: file.path().to_path_buf(),
-                message: format!(
-                    "architecture {other}: Ember builds llama and gpt2 models (and their look-alikes \
+        other => return Err(Error::Unsupported {
+            path: file.path().to_path_buf(),
+            message: format!(
+                "architecture {other}: Ember builds llama and gpt2 models (and their look-alikes \
                      converted as llama)"
-                ),
-            })
-        }
+            ),
+        }),
     };
     let key = |k: &str| format!("{arch}.{k}");
     let vocab_size = match file.get(&key("vocab_size")) {
@@ -111,16 +109,32 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
     let mut add = |g: String, h: String, fix| out.push((g, h, fix));
     match config.architecture {
         Architecture::Llama => {
-            add("token_embd.weight".into(), "model.embed_tokens.weight".into(), Fix::None);
+            add(
+                "token_embd.weight".into(),
+                "model.embed_tokens.weight".into(),
+                Fix::None,
+            );
             for i in 0..config.n_layers {
                 let (g, h) = (format!("blk.{i}."), format!("model.layers.{i}."));
                 for (gn, hn, fix) in [
                     ("attn_norm.weight", "input_layernorm.weight", Fix::None),
-                    ("attn_q.weight", "self_attn.q_proj.weight", Fix::RopeRows(config.n_heads)),
-                    ("attn_k.weight", "self_attn.k_proj.weight", Fix::RopeRows(config.kv_heads())),
+                    (
+                        "attn_q.weight",
+                        "self_attn.q_proj.weight",
+                        Fix::RopeRows(config.n_heads),
+                    ),
+                    (
+                        "attn_k.weight",
+                        "self_attn.k_proj.weight",
+                        Fix::RopeRows(config.kv_heads()),
+                    ),
                     ("attn_v.weight", "self_attn.v_proj.weight", Fix::None),
                     ("attn_output.weight", "self_attn.o_proj.weight", Fix::None),
-                    ("ffn_norm.weight", "post_attention_layernorm.weight", Fix::None),
+                    (
+                        "ffn_norm.weight",
+                        "post_attention_layernorm.weight",
+                        Fix::None,
+                    ),
                     ("ffn_gate.weight", "mlp.gate_proj.weight", Fix::None),
                     ("ffn_up.weight", "mlp.up_proj.weight", Fix::None),
                     ("ffn_down.weight", "mlp.down_proj.weight", Fix::None),
@@ -128,14 +142,26 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
                     add(format!("{g}{gn}"), format!("{h}{hn}"), fix);
                 }
             }
-            add("output_norm.weight".into(), "model.norm.weight".into(), Fix::None);
+            add(
+                "output_norm.weight".into(),
+                "model.norm.weight".into(),
+                Fix::None,
+            );
             if !config.tie_embeddings {
                 add("output.weight".into(), "lm_head.weight".into(), Fix::None);
             }
         }
         Architecture::Gpt2 => {
-            add("token_embd.weight".into(), "transformer.wte.weight".into(), Fix::None);
-            add("position_embd.weight".into(), "transformer.wpe.weight".into(), Fix::None);
+            add(
+                "token_embd.weight".into(),
+                "transformer.wte.weight".into(),
+                Fix::None,
+            );
+            add(
+                "position_embd.weight".into(),
+                "transformer.wpe.weight".into(),
+                Fix::None,
+            );
             for i in 0..config.n_layers {
                 let (g, h) = (format!("blk.{i}."), format!("transformer.h.{i}."));
                 for (gn, hn, fix) in [
@@ -155,8 +181,16 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
                     add(format!("{g}{gn}"), format!("{h}{hn}"), fix);
                 }
             }
-            add("output_norm.weight".into(), "transformer.ln_f.weight".into(), Fix::None);
-            add("output_norm.bias".into(), "transformer.ln_f.bias".into(), Fix::None);
+            add(
+                "output_norm.weight".into(),
+                "transformer.ln_f.weight".into(),
+                Fix::None,
+            );
+            add(
+                "output_norm.bias".into(),
+                "transformer.ln_f.bias".into(),
+                Fix::None,
+            );
         }
     }
     out
@@ -247,9 +281,7 @@ pub fn tokenizer(file: &GgufFile) -> Result<Tokenizer> {
             })
         })
         .collect::<Vec<_>>();
-    let byte_level = |prefix: bool| {
-        serde_json::json!({"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": true})
-    };
+    let byte_level = |prefix: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": true});
     let json = serde_json::json!({
         "version": "1.0",
         "truncation": null,
@@ -302,20 +334,25 @@ pub fn write(
             writer.set(key("attention.head_count_kv"), uint(config.kv_heads()));
             writer.set(key("rope.freq_base"), Value::Float(config.rope_theta));
             writer.set(key("rope.dimension_count"), uint(config.head_dim()));
-            writer.set(key("attention.layer_norm_rms_epsilon"), Value::Float(config.norm_eps));
+            writer.set(
+                key("attention.layer_norm_rms_epsilon"),
+                Value::Float(config.norm_eps),
+            );
         }
         Architecture::Gpt2 => {
-            writer.set(key("attention.layer_norm_epsilon"), Value::Float(config.norm_eps));
+            writer.set(
+                key("attention.layer_norm_epsilon"),
+                Value::Float(config.norm_eps),
+            );
         }
     }
     writer.set(key("vocab_size"), uint(config.vocab_size));
     // The tokenizer: GPT-2's byte-level BPE as llama.cpp stores it.
-    let json: serde_json::Value = serde_json::from_str(&tokenizer.to_json()?).map_err(|source| {
-        Error::Json {
+    let json: serde_json::Value =
+        serde_json::from_str(&tokenizer.to_json()?).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     let model = &json["model"];
     if model["type"] != "BPE" {
         return Err(Error::Unsupported {
@@ -371,7 +408,10 @@ pub fn write(
     );
     writer.set("tokenizer.ggml.token_type", Value::Array(types));
     writer.set("tokenizer.ggml.merges", Value::Array(merges));
-    writer.set("tokenizer.chat_template", Value::String(chat_template.into()));
+    writer.set(
+        "tokenizer.chat_template",
+        Value::String(chat_template.into()),
+    );
     for (gguf, hf_name, fix) in names(config) {
         let tensor = hf.remove(&hf_name).expect("every tensor of the config");
         let tensor = match fix {

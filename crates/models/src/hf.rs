@@ -41,18 +41,23 @@ fn read_json(path: &Path) -> Result<Value> {
 pub fn read_config(path: &Path) -> Result<DecoderConfig> {
     let json = read_json(path)?;
     let field = |key: &str| -> Result<&Value> {
-        json.get(key).filter(|v| !v.is_null()).ok_or_else(|| Error::Metadata {
-            path: path.to_path_buf(),
-            key: key.into(),
-            message: "missing".into(),
-        })
+        json.get(key)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| Error::Metadata {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message: "missing".into(),
+            })
     };
     let size = |key: &str| -> Result<usize> {
-        field(key)?.as_u64().map(|u| u as usize).ok_or_else(|| Error::Metadata {
-            path: path.to_path_buf(),
-            key: key.into(),
-            message: "not a non-negative integer".into(),
-        })
+        field(key)?
+            .as_u64()
+            .map(|u| u as usize)
+            .ok_or_else(|| Error::Metadata {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message: "not a non-negative integer".into(),
+            })
     };
     let float = |key: &str, default: f64| -> Result<f64> {
         match json.get(key).filter(|v| !v.is_null()) {
@@ -73,16 +78,22 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
         "llama" | "mistral" => {
             let (d, heads) = (size("hidden_size")?, size("num_attention_heads")?);
             if json.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-                return Err(unsupported("rope_scaling is set; Ember's RoPE has no scaling".into()));
+                return Err(unsupported(
+                    "rope_scaling is set; Ember's RoPE has no scaling".into(),
+                ));
             }
             for key in ["attention_bias", "mlp_bias"] {
                 if json.get(key).and_then(Value::as_bool) == Some(true) {
-                    return Err(unsupported(format!("{key} is true; Ember's Llama has no biases")));
+                    return Err(unsupported(format!(
+                        "{key} is true; Ember's Llama has no biases"
+                    )));
                 }
             }
             if let Some(act) = json.get("hidden_act").and_then(Value::as_str) {
                 if act != "silu" {
-                    return Err(unsupported(format!("hidden_act {act}; Ember's Llama uses silu")));
+                    return Err(unsupported(format!(
+                        "hidden_act {act}; Ember's Llama uses silu"
+                    )));
                 }
             }
             if let Some(head_dim) = json.get("head_dim").and_then(Value::as_u64) {
@@ -231,7 +242,10 @@ pub fn read_safetensors(path: &Path, out: &mut Weights) -> Result<()> {
     for (name, view) in tensors.tensors() {
         // Integer and boolean buffers (GPT-2's attention masks in old checkpoints) are not
         // parameters.
-        if matches!(view.dtype(), Dtype::BOOL | Dtype::U8 | Dtype::I64 | Dtype::I32) {
+        if matches!(
+            view.dtype(),
+            Dtype::BOOL | Dtype::U8 | Dtype::I64 | Dtype::I32
+        ) {
             continue;
         }
         let values = decode(path, &name, view.dtype(), view.data())?;

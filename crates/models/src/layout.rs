@@ -58,7 +58,10 @@ impl HostTensor {
     pub fn stack_rows(parts: &[&HostTensor]) -> Self {
         let cols = parts[0].shape[1];
         let rows = parts.iter().map(|p| p.shape[0]).sum();
-        let values = parts.iter().flat_map(|p| p.values.iter().copied()).collect();
+        let values = parts
+            .iter()
+            .flat_map(|p| p.values.iter().copied())
+            .collect();
         Self::new(vec![rows, cols], values)
     }
 
@@ -127,9 +130,24 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
             for i in 0..config.n_layers {
                 let p = format!("model.layers.{i}.");
                 let e = format!("blocks.{i}.");
-                let q = take(hf, &format!("{p}self_attn.q_proj.weight"), &[heads * hd, d], origin)?;
-                let k = take(hf, &format!("{p}self_attn.k_proj.weight"), &[kv * hd, d], origin)?;
-                let val = take(hf, &format!("{p}self_attn.v_proj.weight"), &[kv * hd, d], origin)?;
+                let q = take(
+                    hf,
+                    &format!("{p}self_attn.q_proj.weight"),
+                    &[heads * hd, d],
+                    origin,
+                )?;
+                let k = take(
+                    hf,
+                    &format!("{p}self_attn.k_proj.weight"),
+                    &[kv * hd, d],
+                    origin,
+                )?;
+                let val = take(
+                    hf,
+                    &format!("{p}self_attn.v_proj.weight"),
+                    &[kv * hd, d],
+                    origin,
+                )?;
                 out.insert(
                     format!("{e}attention.qkv.weight"),
                     HostTensor::stack_rows(&[&q, &k, &val]).transposed(),
@@ -139,7 +157,11 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
                     out.insert(format!("{e}{ember}"), t.transposed());
                     Ok(())
                 };
-                linear("self_attn.o_proj.weight", "attention.proj.weight", [d, heads * hd])?;
+                linear(
+                    "self_attn.o_proj.weight",
+                    "attention.proj.weight",
+                    [d, heads * hd],
+                )?;
                 linear("mlp.gate_proj.weight", "mlp.SwiGlu.gate.weight", [ff, d])?;
                 linear("mlp.up_proj.weight", "mlp.SwiGlu.up.weight", [ff, d])?;
                 linear("mlp.down_proj.weight", "mlp.SwiGlu.down.weight", [d, ff])?;
@@ -149,7 +171,12 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
                 );
                 out.insert(
                     format!("{e}mlp_norm.Rms.gamma"),
-                    take(hf, &format!("{p}post_attention_layernorm.weight"), &[d], origin)?,
+                    take(
+                        hf,
+                        &format!("{p}post_attention_layernorm.weight"),
+                        &[d],
+                        origin,
+                    )?,
                 );
             }
             out.insert(
@@ -157,7 +184,10 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
                 take(hf, "model.norm.weight", &[d], origin)?,
             );
             if !config.tie_embeddings {
-                out.insert("lm_head".into(), take(hf, "lm_head.weight", &[v, d], origin)?);
+                out.insert(
+                    "lm_head".into(),
+                    take(hf, "lm_head.weight", &[v, d], origin)?,
+                );
             }
         }
         Architecture::Gpt2 => {
@@ -168,7 +198,12 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
             );
             out.insert(
                 "position_embedding.weight".into(),
-                take(hf, &format!("{t}wpe.weight"), &[config.max_seq_len, d], origin)?,
+                take(
+                    hf,
+                    &format!("{t}wpe.weight"),
+                    &[config.max_seq_len, d],
+                    origin,
+                )?,
             );
             let qkv = (heads + 2 * kv) * hd;
             for i in 0..config.n_layers {
@@ -213,16 +248,29 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
 pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
     let (heads, kv, hd) = (config.n_heads, config.kv_heads(), config.head_dim());
     let mut out = Weights::new();
-    let mut take = |name: &str| ember.remove(name).expect("a parameter of the config's model");
+    let mut take = |name: &str| {
+        ember
+            .remove(name)
+            .expect("a parameter of the config's model")
+    };
     match config.architecture {
         Architecture::Llama => {
-            out.insert("model.embed_tokens.weight".into(), take("token_embedding.weight"));
+            out.insert(
+                "model.embed_tokens.weight".into(),
+                take("token_embedding.weight"),
+            );
             for i in 0..config.n_layers {
                 let p = format!("model.layers.{i}.");
                 let e = format!("blocks.{i}.");
                 let qkv = take(&format!("{e}attention.qkv.weight")).transposed();
-                out.insert(format!("{p}self_attn.q_proj.weight"), qkv.rows(0, heads * hd));
-                out.insert(format!("{p}self_attn.k_proj.weight"), qkv.rows(heads * hd, kv * hd));
+                out.insert(
+                    format!("{p}self_attn.q_proj.weight"),
+                    qkv.rows(0, heads * hd),
+                );
+                out.insert(
+                    format!("{p}self_attn.k_proj.weight"),
+                    qkv.rows(heads * hd, kv * hd),
+                );
                 out.insert(
                     format!("{p}self_attn.v_proj.weight"),
                     qkv.rows((heads + kv) * hd, kv * hd),
@@ -233,9 +281,15 @@ pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
                     ("mlp.SwiGlu.up.weight", "mlp.up_proj.weight"),
                     ("mlp.SwiGlu.down.weight", "mlp.down_proj.weight"),
                 ] {
-                    out.insert(format!("{p}{hf_name}"), take(&format!("{e}{ember_name}")).transposed());
+                    out.insert(
+                        format!("{p}{hf_name}"),
+                        take(&format!("{e}{ember_name}")).transposed(),
+                    );
                 }
-                out.insert(format!("{p}input_layernorm.weight"), take(&format!("{e}attention_norm.Rms.gamma")));
+                out.insert(
+                    format!("{p}input_layernorm.weight"),
+                    take(&format!("{e}attention_norm.Rms.gamma")),
+                );
                 out.insert(
                     format!("{p}post_attention_layernorm.weight"),
                     take(&format!("{e}mlp_norm.Rms.gamma")),
@@ -247,8 +301,14 @@ pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
             }
         }
         Architecture::Gpt2 => {
-            out.insert("transformer.wte.weight".into(), take("token_embedding.weight"));
-            out.insert("transformer.wpe.weight".into(), take("position_embedding.weight"));
+            out.insert(
+                "transformer.wte.weight".into(),
+                take("token_embedding.weight"),
+            );
+            out.insert(
+                "transformer.wpe.weight".into(),
+                take("position_embedding.weight"),
+            );
             for i in 0..config.n_layers {
                 let p = format!("transformer.h.{i}.");
                 let e = format!("blocks.{i}.");
@@ -269,8 +329,14 @@ pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
                     out.insert(format!("{p}{hf_name}"), take(&format!("{e}{ember_name}")));
                 }
             }
-            out.insert("transformer.ln_f.weight".into(), take("final_norm.Layer.gamma"));
-            out.insert("transformer.ln_f.bias".into(), take("final_norm.Layer.beta"));
+            out.insert(
+                "transformer.ln_f.weight".into(),
+                take("final_norm.Layer.gamma"),
+            );
+            out.insert(
+                "transformer.ln_f.bias".into(),
+                take("final_norm.Layer.beta"),
+            );
         }
     }
     out
@@ -288,8 +354,7 @@ pub fn build_decoder<B: Backend>(
     origin: &Path,
     device: &B::Device,
 ) -> Result<Decoder<B>> {
-    // A zero init_std makes the throwaway initial weights cheap zeros.
-    let model = config.clone().with_init_std(0.0).init::<B>(device)?;
+    let model = config.init_zeroed::<B>(device)?;
     struct Fill<'a, B: Backend> {
         path: Vec<String>,
         params: &'a mut Weights,
@@ -364,7 +429,8 @@ pub fn decoder_params<B: Backend>(model: &Decoder<B>) -> Weights {
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .expect("float data");
-            self.out.insert(self.path.join("."), HostTensor::new(shape, values));
+            self.out
+                .insert(self.path.join("."), HostTensor::new(shape, values));
         }
     }
     let mut collect = Collect {

@@ -183,7 +183,10 @@ pub fn export_hf<B: Backend>(
     let (bos, eos, pad) = match template {
         Some(spec) => (
             (!spec.bos.is_empty()).then(|| spec.bos.clone()),
-            spec.assistant[1].split_inclusive("|>").next().map(str::to_string),
+            spec.assistant[1]
+                .split_inclusive("|>")
+                .next()
+                .map(str::to_string),
             Some(spec.pad.clone()),
         ),
         None => (None, None, None),

@@ -117,9 +117,19 @@ fn export_then_import_gives_the_same_logits() {
         let model = load(&fixture(name));
         let before = logits(&model);
         let out = dir.path().join(name);
-        export_hf(&model.decoder, &model.tokenizer, model.template.as_ref(), &out).unwrap();
+        export_hf(
+            &model.decoder,
+            &model.tokenizer,
+            model.template.as_ref(),
+            &out,
+        )
+        .unwrap();
         let again = load(&out);
-        assert_eq!(logits(&again), before, "{name} through a Hugging Face folder");
+        assert_eq!(
+            logits(&again),
+            before,
+            "{name} through a Hugging Face folder"
+        );
         assert_eq!(again.template, model.template);
         let gguf = dir.path().join(format!("{name}.gguf"));
         export_gguf(
@@ -137,7 +147,14 @@ fn export_then_import_gives_the_same_logits() {
     // Q8_0 values re-quantise to themselves: the blocks' scales are recovered exactly.
     let q8 = load(&fixture("llama-gqa-q8_0.gguf"));
     let path = dir.path().join("again-q8_0.gguf");
-    export_gguf(&q8.decoder, &q8.tokenizer, q8.template.as_ref(), &path, GgmlType::Q8_0).unwrap();
+    export_gguf(
+        &q8.decoder,
+        &q8.tokenizer,
+        q8.template.as_ref(),
+        &path,
+        GgmlType::Q8_0,
+    )
+    .unwrap();
     assert_eq!(logits(&load(&path)), logits(&q8));
     // F16 and Q8_0 of the F32 model stay close to it.
     let f32_model = load(&fixture("llama-gqa"));
@@ -237,12 +254,19 @@ fn a_k_quant_tensor_is_named_with_its_type() {
     let name = b"blk.0.attn_q.weight";
     let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
     let kind = at + 4 + 16;
-    assert_eq!(bytes[kind..kind + 4], 8u32.to_le_bytes(), "Q8_0 before the patch");
+    assert_eq!(
+        bytes[kind..kind + 4],
+        8u32.to_le_bytes(),
+        "Q8_0 before the patch"
+    );
     bytes[kind..kind + 4].copy_from_slice(&12u32.to_le_bytes());
     let path = dir.path().join("k-quant.gguf");
     std::fs::write(&path, &bytes).unwrap();
     let error = import_error(&path);
     let text = error.to_string();
     assert!(matches!(error, Error::UnsupportedType { .. }), "{text}");
-    assert!(text.contains("Q4_K") && text.contains("blk.0.attn_q.weight"), "{text}");
+    assert!(
+        text.contains("Q4_K") && text.contains("blk.0.attn_q.weight"),
+        "{text}"
+    );
 }

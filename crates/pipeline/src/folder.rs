@@ -74,7 +74,10 @@ impl ModelFolder {
     /// As [`ModelFolder::tokenizer`] and [`ModelFolder::template_spec`], or a tokenizer
     /// without the template's special tokens.
     pub fn template(&self) -> Result<ChatTemplate> {
-        Ok(ChatTemplate::with_spec(self.tokenizer()?, self.template_spec()?)?)
+        Ok(ChatTemplate::with_spec(
+            self.tokenizer()?,
+            self.template_spec()?,
+        )?)
     }
 
     /// The model's config.

@@ -8,9 +8,8 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use ember_instruct::{Conversation, Message, OnError};
 use ember_pipeline::{
-    collect, export_model, export_tasks, import_model, ppo, sft, train_reward_model,
-    ExportFormat, ModelFolder, PipelineSettings, PpoInputs, PromptSource, TuneInputs,
-    TEMPLATE_FILE,
+    collect, export_model, export_tasks, import_model, ppo, sft, train_reward_model, ExportFormat,
+    ModelFolder, PipelineSettings, PpoInputs, PromptSource, TuneInputs, TEMPLATE_FILE,
 };
 use ember_transformer::{generate, FinishReason, GenerateConfig};
 
@@ -28,7 +27,10 @@ fn an_imported_chatml_model_goes_through_every_stage() {
     let device = Default::default();
     let imported = ModelFolder::new(root.join("imported"));
     let summary = import_model::<B>(&fixture(), &imported, &device, |_, _| {}).unwrap();
-    assert_eq!((summary.template.as_str(), summary.config.kv_heads()), ("chatml", 2));
+    assert_eq!(
+        (summary.template.as_str(), summary.config.kv_heads()),
+        ("chatml", 2)
+    );
     assert!(imported.path().join(TEMPLATE_FILE).is_file());
 
     let mut settings = PipelineSettings::toy();

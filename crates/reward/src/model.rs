@@ -387,7 +387,10 @@ pub fn load_reward_model<B: Backend>(
     let file: RewardSidecar =
         serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
     let config = load_model_config(dir)?;
-    let mut model = RewardModel::new(config.init::<B>(device)?, default_head_std(config.d_model));
+    let mut model = RewardModel::new(
+        config.init_zeroed::<B>(device)?,
+        default_head_std(config.d_model),
+    );
     if let Some(start) = file.likelihood_answer_start {
         model = model.with_likelihood(start, 0.0);
     }

@@ -206,11 +206,10 @@ impl Tokenizer {
     /// # Errors
     /// JSON that HF `tokenizers` cannot parse.
     pub fn from_json(json: &str, origin: impl AsRef<Path>) -> Result<Self> {
-        let mut inner: tokenizers::Tokenizer =
-            json.parse().map_err(|source| Error::Tokenizer {
-                path: origin.as_ref().to_path_buf(),
-                source,
-            })?;
+        let mut inner: tokenizers::Tokenizer = json.parse().map_err(|source| Error::Tokenizer {
+            path: origin.as_ref().to_path_buf(),
+            source,
+        })?;
         inner.set_encode_special_tokens(true);
         Ok(Self { inner })
     }
@@ -220,12 +219,10 @@ impl Tokenizer {
     /// # Errors
     /// Only if HF `tokenizers` fails to serialise it.
     pub fn to_json(&self) -> Result<String> {
-        self.inner
-            .to_string(true)
-            .map_err(|source| Error::Codec {
-                context: "serialising",
-                source,
-            })
+        self.inner.to_string(true).map_err(|source| Error::Codec {
+            context: "serialising",
+            source,
+        })
     }
 
     /// Writes `tokenizer.json` in HF's format, atomically (a temporary file, then a rename).

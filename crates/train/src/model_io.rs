@@ -48,7 +48,7 @@ pub fn load_model_config(dir: &Path) -> Result<DecoderConfig> {
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
     let manifest = integrity::verify(dir)?;
     let config = load_model_config(dir)?;
-    let model = config.init::<B>(device)?;
+    let model = config.init_zeroed::<B>(device)?;
     integrity::load_checked(
         model,
         dir,

@@ -77,8 +77,23 @@ impl<B: Backend> CausalSelfAttention<B> {
     ) -> Tensor<B, 3> {
         let [batch, heads, seq, head_dim] = query.dims();
         let groups = heads / self.n_kv_heads;
-        let (key, value) = (repeat_kv(key, groups), repeat_kv(value, groups));
-        let out = causal_attention(query, key, value, mask);
+        // A decoding step on flex reads the grouped cache as it is; everything else sees keys
+        // and values repeated for every query head.
+        #[cfg(feature = "flex")]
+        let grouped = (groups > 1)
+            .then(|| {
+                crate::kernels::attention::causal_attention(&query, &key, &value, mask.as_ref())
+            })
+            .flatten();
+        #[cfg(not(feature = "flex"))]
+        let grouped: Option<Tensor<B, 4>> = None;
+        let out = match grouped {
+            Some(out) => out,
+            None => {
+                let (key, value) = (repeat_kv(key, groups), repeat_kv(value, groups));
+                causal_attention(query, key, value, mask)
+            }
+        };
         linear_rows(
             &self.proj,
             out.swap_dims(1, 2).reshape([batch, seq, heads * head_dim]),

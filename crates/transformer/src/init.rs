@@ -16,12 +16,21 @@ pub fn linear<B: Backend>(
 ) -> Linear<B> {
     let mut layer = LinearConfig::new(d_input, d_output)
         .with_bias(bias)
-        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .with_initializer(normal(std))
         .init(device);
     if bias {
         layer.bias = Some(Param::from_tensor(Tensor::zeros([d_output], device)));
     }
     layer
+}
+
+/// N(0, std²), or zeros for a standard deviation of 0 (burn would still draw the samples).
+pub(crate) fn normal(std: f64) -> Initializer {
+    if std == 0.0 {
+        Initializer::Zeros
+    } else {
+        Initializer::Normal { mean: 0.0, std }
+    }
 }
 
 /// `layer` applied to every position of `x` (`[batch, seq, d_input]`) as one 2-D matmul over

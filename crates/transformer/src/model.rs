@@ -1,7 +1,7 @@
 //! The decoder: embeddings, blocks, final norm and the tied language-model head.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor};
 
@@ -49,10 +49,7 @@ impl DecoderConfig {
         self.validate()?;
         let embedding = |rows| {
             EmbeddingConfig::new(rows, self.d_model)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: self.init_std,
-                })
+                .with_initializer(crate::init::normal(self.init_std))
                 .init(device)
         };
         let (position_embedding, rope) = match self.architecture {
@@ -76,14 +73,24 @@ impl DecoderConfig {
                 .collect(),
             final_norm: Norm::init(self, device),
             lm_head: (!self.tie_embeddings).then(|| {
-                Initializer::Normal {
-                    mean: 0.0,
-                    std: self.init_std,
-                }
-                .init([self.vocab_size, self.d_model], device)
+                crate::init::normal(self.init_std).init([self.vocab_size, self.d_model], device)
             }),
             config: self.clone(),
         }))
+    }
+}
+
+impl DecoderConfig {
+    /// Builds the model with every weight zero, to be overwritten at once (by loading a
+    /// file): the same structure as [`DecoderConfig::init`] and the same config, without
+    /// drawing 100M random numbers first.
+    ///
+    /// # Errors
+    /// An invalid config ([`DecoderConfig::validate`]).
+    pub fn init_zeroed<B: Backend>(&self, device: &B::Device) -> Result<Decoder<B>> {
+        let mut model = self.clone().with_init_std(0.0).init::<B>(device)?;
+        model.config = self.clone();
+        Ok(model)
     }
 }
 

@@ -40,6 +40,10 @@ pub struct Args {
     /// Leave out generation.
     #[arg(long)]
     pub no_generation: bool,
+    /// Instead of the shapes: greedy generation of this model folder (from `ember import`,
+    /// a pipeline run…) at batch 1 and 8, a ChatML or Ember prompt, `--new-tokens` each.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// GPT-2-shaped models (learned positions, LayerNorm, GELU: the PyTorch peer's) or
     /// Llama-shaped ones (RoPE, RMSNorm, SwiGLU: what the pipeline trains).
     #[arg(long, value_enum, default_value = "gpt2")]
@@ -105,6 +109,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     ember_transformer::set_flex_kernels(args.kernels == Kernels::On);
+    if let Some(model) = &args.model {
+        let model = model.clone();
+        return with_backend!(args.device, |B, AD, device| model_generation::<B>(
+            &model, &args, &device
+        ));
+    }
     with_backend!(args.device, |B, AD, device| bench::<AD>(&args, &device))
 }
 
@@ -298,6 +308,55 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
             uncached_seconds / cached_seconds,
             100.0 * same as f64 / total.max(1) as f64
         );
+    }
+    Ok(())
+}
+
+/// Greedy generation of a model folder at batch 1 and 8: the same chat prompt in every row,
+/// exactly `--new-tokens` new tokens (no stop token), after a short warm-up. The peer is
+/// `scripts/parity/generate_bench.py` (transformers on the same model).
+fn model_generation<B: Backend>(
+    folder: &std::path::Path,
+    args: &Args,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let folder = ember_pipeline::ModelFolder::new(folder);
+    let template = folder.template()?;
+    let model = folder.load::<B>(device)?;
+    let prompt = template.render_prompt(&ember_instruct::Conversation::new(vec![
+        ember_instruct::Message::user("Tell me about the history of Paris."),
+    ]))?;
+    let context = model.config().max_seq_len;
+    let new_tokens = args.new_tokens.min(context.saturating_sub(prompt.len()));
+    println!(
+        "
+generation of {}, {}-token prompt, {new_tokens} new tokens, greedy:",
+        folder.path().display(),
+        prompt.len()
+    );
+    println!("{:<8} {:>14} {:>10}", "batch", "tokens/s", "seconds");
+    for batch in [1, 8] {
+        let prompts = vec![prompt.clone(); batch];
+        let config = GenerateConfig {
+            max_new_tokens: new_tokens,
+            sampling: Sampling::Greedy,
+            stop_tokens: Vec::new(),
+            pad_token: template.pad_token(),
+            seed: 0,
+        };
+        generate(
+            &model,
+            &prompts,
+            &GenerateConfig {
+                max_new_tokens: 2,
+                ..config.clone()
+            },
+        )?;
+        let started = Instant::now();
+        let out = generate(&model, &prompts, &config)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let produced = out.iter().map(|g| g.tokens.len()).sum::<usize>() as f64;
+        println!("{batch:<8} {:>14.1} {seconds:>10.2}", produced / seconds);
     }
     Ok(())
 }

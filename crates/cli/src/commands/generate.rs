@@ -39,7 +39,11 @@ pub struct Args {
 /// What an empty prompt starts from: the template's start-of-text token (Ember's `<|bos|>`),
 /// or, for a template without one (ChatML), its end-of-text token, as GPT-2 does.
 fn start_token(template: &ChatTemplate) -> u32 {
-    template.bos().first().copied().unwrap_or(template.eos_token())
+    template
+        .bos()
+        .first()
+        .copied()
+        .unwrap_or(template.eos_token())
 }
 
 /// Runs `ember generate`.

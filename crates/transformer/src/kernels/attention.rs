@@ -370,7 +370,9 @@ const DECODE_PARALLEL_MIN: usize = 1 << 16;
 /// Attention of `queries` new positions against `keys` cached ones (the queries are the last
 /// of them), without autodiff: per item and head, a row of dot products, the row softmax,
 /// and the probability-weighted sum of the value rows, all read where they lie (the cache's
-/// buffer: no copies of the keys and values). Returns `[batch, heads, queries, dim]`.
+/// buffer: no copies of the keys and values). With grouped-query attention (`key` and
+/// `value` have fewer heads, a divisor of the queries'), query head `h` reads key/value head
+/// `h / groups`: the cache is never expanded. Returns `[batch, heads, queries, dim]`.
 fn decode(
     query: &Heads,
     key: &Heads,
@@ -381,21 +383,23 @@ fn decode(
 ) -> Vec<f32> {
     let [batch, heads, queries, keys] = shape;
     let dim = query.dim;
+    let groups = heads / key.heads;
     let mut out = vec![0.0f32; batch * heads * queries * dim];
     let unit = |(unit, out): (usize, &mut [f32])| {
         let (item, head) = (unit / heads, unit % heads);
+        let kv_unit = item * key.heads + head / groups;
         let mut scores = vec![0.0f32; keys];
         for (i, out) in out.chunks_exact_mut(dim).enumerate() {
             let visible = keys - queries + i + 1;
             let q = query.row(unit, i);
             for (j, score) in scores[..visible].iter_mut().enumerate() {
-                *score = dot(q, key.row(unit, j));
+                *score = dot(q, key.row(kv_unit, j));
             }
             let hidden = mask.map(|m| m.row(item, head, i, keys));
             softmax_row(&mut scores, visible, scale, hidden);
             for (j, &p) in scores[..visible].iter().enumerate() {
                 if p != 0.0 {
-                    for (o, v) in out.iter_mut().zip(value.row(unit, j)) {
+                    for (o, v) in out.iter_mut().zip(value.row(kv_unit, j)) {
                         *o += p * v;
                     }
                 }
@@ -414,8 +418,8 @@ fn decode(
 const DECODE_MAX_QUERIES: usize = 16;
 
 /// A KV-cache step on flex without autodiff: `None` unless the shapes are `[batch, heads,
-/// queries, dim]` against `[batch, heads, keys, dim]` with `queries < keys`, queries are few,
-/// and the rows of each tensor are contiguous.
+/// queries, dim]` against `[batch, kv_heads, keys, dim]` (`kv_heads` dividing `heads`) with
+/// `queries < keys`, queries are few, and the rows of each tensor are contiguous.
 fn cached_step<B: Backend>(
     query: &Tensor<B, 4>,
     key: &Tensor<B, 4>,
@@ -423,8 +427,10 @@ fn cached_step<B: Backend>(
     mask: Option<&Tensor<B, 4, Bool>>,
 ) -> Option<Tensor<B, 4>> {
     let [batch, heads, queries, dim] = query.dims();
-    let keys = key.dims()[2];
-    if key.dims() != [batch, heads, keys, dim]
+    let [_, kv_heads, keys, _] = key.dims();
+    if key.dims() != [batch, kv_heads, keys, dim]
+        || kv_heads == 0
+        || !heads.is_multiple_of(kv_heads)
         || value.dims() != key.dims()
         || queries >= keys
         || queries > DECODE_MAX_QUERIES
