@@ -92,7 +92,11 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         let started = Instant::now();
-        let generated = generate(&imported.decoder, std::slice::from_ref(&expected_ids), &config)?;
+        let generated = generate(
+            &imported.decoder,
+            std::slice::from_ref(&expected_ids),
+            &config,
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         let expected_greedy = case["greedy"]
             .as_array()

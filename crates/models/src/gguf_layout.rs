@@ -47,13 +47,15 @@ pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
     let architecture = match arch {
         "llama" => Architecture::Llama,
         "gpt2" => Architecture::Gpt2,
-        other => return Err(Error::Unsupported {
-            path: file.path().to_path_buf(),
-            message: format!(
+        other => {
+            return Err(Error::Unsupported {
+                path: file.path().to_path_buf(),
+                message: format!(
                 "architecture {other}: Ember builds llama and gpt2 models (and their look-alikes \
                      converted as llama)"
             ),
-        }),
+            })
+        }
     };
     let key = |k: &str| format!("{arch}.{k}");
     let vocab_size = match file.get(&key("vocab_size")) {

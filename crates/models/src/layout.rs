@@ -100,13 +100,77 @@ pub(crate) fn take(
     Ok(tensor)
 }
 
-/// The HF name prefix of GPT-2's trunk: `transformer.` in `GPT2LMHeadModel` checkpoints,
-/// nothing in `GPT2Model` ones (the original `gpt2` repository).
-fn gpt2_prefix(weights: &Weights) -> &'static str {
-    if weights.contains_key("transformer.wte.weight") {
-        "transformer."
-    } else {
-        ""
+/// Llama's matrices besides the fused query/key/value projection, per block: (HF name,
+/// Ember name). HF stores them `[out, in]`, Ember `[in, out]`.
+const LLAMA_LINEARS: [(&str, &str); 4] = [
+    ("self_attn.o_proj.weight", "attention.proj.weight"),
+    ("mlp.gate_proj.weight", "mlp.SwiGlu.gate.weight"),
+    ("mlp.up_proj.weight", "mlp.SwiGlu.up.weight"),
+    ("mlp.down_proj.weight", "mlp.SwiGlu.down.weight"),
+];
+
+/// Llama's norms per block: (HF name, Ember name).
+const LLAMA_NORMS: [(&str, &str); 2] = [
+    ("input_layernorm.weight", "attention_norm.Rms.gamma"),
+    ("post_attention_layernorm.weight", "mlp_norm.Rms.gamma"),
+];
+
+/// GPT-2's tensors per block: (HF name, Ember name), the same layout on both sides.
+const GPT2_BLOCK: [(&str, &str); 12] = [
+    ("ln_1.weight", "attention_norm.Layer.gamma"),
+    ("ln_1.bias", "attention_norm.Layer.beta"),
+    ("attn.c_attn.weight", "attention.qkv.weight"),
+    ("attn.c_attn.bias", "attention.qkv.bias"),
+    ("attn.c_proj.weight", "attention.proj.weight"),
+    ("attn.c_proj.bias", "attention.proj.bias"),
+    ("ln_2.weight", "mlp_norm.Layer.gamma"),
+    ("ln_2.bias", "mlp_norm.Layer.beta"),
+    ("mlp.c_fc.weight", "mlp.Gelu.up.weight"),
+    ("mlp.c_fc.bias", "mlp.Gelu.up.bias"),
+    ("mlp.c_proj.weight", "mlp.Gelu.down.weight"),
+    ("mlp.c_proj.bias", "mlp.Gelu.down.bias"),
+];
+
+/// The tensors outside the blocks: (HF name, Ember name), the same layout on both sides.
+fn outer(config: &DecoderConfig) -> Vec<(&'static str, &'static str)> {
+    match config.architecture {
+        Architecture::Llama => {
+            let mut names = vec![
+                ("model.embed_tokens.weight", "token_embedding.weight"),
+                ("model.norm.weight", "final_norm.Rms.gamma"),
+            ];
+            if !config.tie_embeddings {
+                names.push(("lm_head.weight", "lm_head"));
+            }
+            names
+        }
+        Architecture::Gpt2 => vec![
+            ("transformer.wte.weight", "token_embedding.weight"),
+            ("transformer.wpe.weight", "position_embedding.weight"),
+            ("transformer.ln_f.weight", "final_norm.Layer.gamma"),
+            ("transformer.ln_f.bias", "final_norm.Layer.beta"),
+        ],
+    }
+}
+
+/// The shape of an Ember parameter of `config` (in Ember's layout).
+fn ember_shape(config: &DecoderConfig, ember: &str) -> Vec<usize> {
+    let (d, v, hd) = (config.d_model, config.vocab_size, config.head_dim());
+    let (heads, kv, ff) = (config.n_heads, config.kv_heads(), config.mlp_hidden());
+    let qkv = (heads + 2 * kv) * hd;
+    let name = ember.rsplit_once("blocks.").map_or(ember, |(_, rest)| {
+        rest.split_once('.').map_or(rest, |(_, name)| name)
+    });
+    match name {
+        "token_embedding.weight" | "lm_head" => vec![v, d],
+        "position_embedding.weight" => vec![config.max_seq_len, d],
+        "attention.qkv.weight" => vec![d, qkv],
+        "attention.qkv.bias" => vec![qkv],
+        "attention.proj.weight" => vec![heads * hd, d],
+        "mlp.SwiGlu.gate.weight" | "mlp.SwiGlu.up.weight" | "mlp.Gelu.up.weight" => vec![d, ff],
+        "mlp.SwiGlu.down.weight" | "mlp.Gelu.down.weight" => vec![ff, d],
+        "mlp.Gelu.up.bias" => vec![ff],
+        _ => vec![d],
     }
 }
 
@@ -117,127 +181,67 @@ fn gpt2_prefix(weights: &Weights) -> &'static str {
 /// # Errors
 /// [`Error::MissingTensor`] or [`Error::Shape`], naming the HF tensor.
 pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Result<Weights> {
-    let (d, v, hd) = (config.d_model, config.vocab_size, config.head_dim());
-    let (heads, kv, ff) = (config.n_heads, config.kv_heads(), config.mlp_hidden());
+    let (d, hd) = (config.d_model, config.head_dim());
+    let (heads, kv) = (config.n_heads, config.kv_heads());
     let mut out = Weights::new();
+    // GPT2Model checkpoints (the original `gpt2` repository) name the trunk without the
+    // `transformer.` prefix.
+    let bare =
+        config.architecture == Architecture::Gpt2 && !hf.contains_key("transformer.wte.weight");
+    let key = |name: &str| match name.strip_prefix("transformer.") {
+        Some(rest) if bare => rest.to_string(),
+        _ => name.to_string(),
+    };
     let hf = &mut hf;
-    match config.architecture {
-        Architecture::Llama => {
-            out.insert(
-                "token_embedding.weight".into(),
-                take(hf, "model.embed_tokens.weight", &[v, d], origin)?,
-            );
-            for i in 0..config.n_layers {
+    for (hf_name, ember) in outer(config) {
+        let shape = ember_shape(config, ember);
+        out.insert(ember.into(), take(hf, &key(hf_name), &shape, origin)?);
+    }
+    for i in 0..config.n_layers {
+        let e = format!("blocks.{i}.");
+        match config.architecture {
+            Architecture::Llama => {
                 let p = format!("model.layers.{i}.");
-                let e = format!("blocks.{i}.");
-                let q = take(
-                    hf,
-                    &format!("{p}self_attn.q_proj.weight"),
-                    &[heads * hd, d],
-                    origin,
-                )?;
-                let k = take(
-                    hf,
-                    &format!("{p}self_attn.k_proj.weight"),
-                    &[kv * hd, d],
-                    origin,
-                )?;
-                let val = take(
-                    hf,
-                    &format!("{p}self_attn.v_proj.weight"),
-                    &[kv * hd, d],
-                    origin,
-                )?;
-                out.insert(
-                    format!("{e}attention.qkv.weight"),
-                    HostTensor::stack_rows(&[&q, &k, &val]).transposed(),
-                );
-                let mut linear = |hf_name: &str, ember: &str, shape: [usize; 2]| -> Result<()> {
-                    let t = take(hf, &format!("{p}{hf_name}"), &shape, origin)?;
-                    out.insert(format!("{e}{ember}"), t.transposed());
-                    Ok(())
-                };
-                linear(
-                    "self_attn.o_proj.weight",
-                    "attention.proj.weight",
-                    [d, heads * hd],
-                )?;
-                linear("mlp.gate_proj.weight", "mlp.SwiGlu.gate.weight", [ff, d])?;
-                linear("mlp.up_proj.weight", "mlp.SwiGlu.up.weight", [ff, d])?;
-                linear("mlp.down_proj.weight", "mlp.SwiGlu.down.weight", [d, ff])?;
-                out.insert(
-                    format!("{e}attention_norm.Rms.gamma"),
-                    take(hf, &format!("{p}input_layernorm.weight"), &[d], origin)?,
-                );
-                out.insert(
-                    format!("{e}mlp_norm.Rms.gamma"),
+                let mut part = |name: &str, rows: usize| {
                     take(
                         hf,
-                        &format!("{p}post_attention_layernorm.weight"),
-                        &[d],
+                        &format!("{p}self_attn.{name}_proj.weight"),
+                        &[rows, d],
                         origin,
-                    )?,
+                    )
+                };
+                let (q, k, v) = (
+                    part("q", heads * hd)?,
+                    part("k", kv * hd)?,
+                    part("v", kv * hd)?,
                 );
-            }
-            out.insert(
-                "final_norm.Rms.gamma".into(),
-                take(hf, "model.norm.weight", &[d], origin)?,
-            );
-            if !config.tie_embeddings {
                 out.insert(
-                    "lm_head".into(),
-                    take(hf, "lm_head.weight", &[v, d], origin)?,
+                    format!("{e}attention.qkv.weight"),
+                    HostTensor::stack_rows(&[&q, &k, &v]).transposed(),
                 );
-            }
-        }
-        Architecture::Gpt2 => {
-            let t = gpt2_prefix(hf);
-            out.insert(
-                "token_embedding.weight".into(),
-                take(hf, &format!("{t}wte.weight"), &[v, d], origin)?,
-            );
-            out.insert(
-                "position_embedding.weight".into(),
-                take(
-                    hf,
-                    &format!("{t}wpe.weight"),
-                    &[config.max_seq_len, d],
-                    origin,
-                )?,
-            );
-            let qkv = (heads + 2 * kv) * hd;
-            for i in 0..config.n_layers {
-                let p = format!("{t}h.{i}.");
-                let e = format!("blocks.{i}.");
-                let pairs: [(&str, &str, Vec<usize>); 12] = [
-                    ("ln_1.weight", "attention_norm.Layer.gamma", vec![d]),
-                    ("ln_1.bias", "attention_norm.Layer.beta", vec![d]),
-                    ("attn.c_attn.weight", "attention.qkv.weight", vec![d, qkv]),
-                    ("attn.c_attn.bias", "attention.qkv.bias", vec![qkv]),
-                    ("attn.c_proj.weight", "attention.proj.weight", vec![d, d]),
-                    ("attn.c_proj.bias", "attention.proj.bias", vec![d]),
-                    ("ln_2.weight", "mlp_norm.Layer.gamma", vec![d]),
-                    ("ln_2.bias", "mlp_norm.Layer.beta", vec![d]),
-                    ("mlp.c_fc.weight", "mlp.Gelu.up.weight", vec![d, ff]),
-                    ("mlp.c_fc.bias", "mlp.Gelu.up.bias", vec![ff]),
-                    ("mlp.c_proj.weight", "mlp.Gelu.down.weight", vec![ff, d]),
-                    ("mlp.c_proj.bias", "mlp.Gelu.down.bias", vec![d]),
-                ];
-                for (hf_name, ember, shape) in pairs {
-                    out.insert(
-                        format!("{e}{ember}"),
-                        take(hf, &format!("{p}{hf_name}"), &shape, origin)?,
-                    );
+                for (hf_name, ember) in LLAMA_LINEARS {
+                    let mut shape = ember_shape(config, ember);
+                    shape.reverse();
+                    let t = take(hf, &format!("{p}{hf_name}"), &shape, origin)?;
+                    out.insert(format!("{e}{ember}"), t.transposed());
+                }
+                for (hf_name, ember) in LLAMA_NORMS {
+                    let t = take(hf, &format!("{p}{hf_name}"), &[d], origin)?;
+                    out.insert(format!("{e}{ember}"), t);
                 }
             }
-            out.insert(
-                "final_norm.Layer.gamma".into(),
-                take(hf, &format!("{t}ln_f.weight"), &[d], origin)?,
-            );
-            out.insert(
-                "final_norm.Layer.beta".into(),
-                take(hf, &format!("{t}ln_f.bias"), &[d], origin)?,
-            );
+            Architecture::Gpt2 => {
+                let p = key(&format!("transformer.h.{i}."));
+                for (hf_name, ember) in GPT2_BLOCK {
+                    let t = take(
+                        hf,
+                        &format!("{p}{hf_name}"),
+                        &ember_shape(config, ember),
+                        origin,
+                    )?;
+                    out.insert(format!("{e}{ember}"), t);
+                }
+            }
         }
     }
     Ok(out)
@@ -253,90 +257,38 @@ pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
             .remove(name)
             .expect("a parameter of the config's model")
     };
-    match config.architecture {
-        Architecture::Llama => {
-            out.insert(
-                "model.embed_tokens.weight".into(),
-                take("token_embedding.weight"),
-            );
-            for i in 0..config.n_layers {
+    for (hf_name, ember_name) in outer(config) {
+        out.insert(hf_name.into(), take(ember_name));
+    }
+    for i in 0..config.n_layers {
+        let e = format!("blocks.{i}.");
+        match config.architecture {
+            Architecture::Llama => {
                 let p = format!("model.layers.{i}.");
-                let e = format!("blocks.{i}.");
                 let qkv = take(&format!("{e}attention.qkv.weight")).transposed();
-                out.insert(
-                    format!("{p}self_attn.q_proj.weight"),
-                    qkv.rows(0, heads * hd),
-                );
-                out.insert(
-                    format!("{p}self_attn.k_proj.weight"),
-                    qkv.rows(heads * hd, kv * hd),
-                );
-                out.insert(
-                    format!("{p}self_attn.v_proj.weight"),
-                    qkv.rows((heads + kv) * hd, kv * hd),
-                );
-                for (ember_name, hf_name) in [
-                    ("attention.proj.weight", "self_attn.o_proj.weight"),
-                    ("mlp.SwiGlu.gate.weight", "mlp.gate_proj.weight"),
-                    ("mlp.SwiGlu.up.weight", "mlp.up_proj.weight"),
-                    ("mlp.SwiGlu.down.weight", "mlp.down_proj.weight"),
-                ] {
+                let parts = [("q", 0, heads), ("k", heads, kv), ("v", heads + kv, kv)];
+                for (name, start, n) in parts {
                     out.insert(
-                        format!("{p}{hf_name}"),
-                        take(&format!("{e}{ember_name}")).transposed(),
+                        format!("{p}self_attn.{name}_proj.weight"),
+                        qkv.rows(start * hd, n * hd),
                     );
                 }
-                out.insert(
-                    format!("{p}input_layernorm.weight"),
-                    take(&format!("{e}attention_norm.Rms.gamma")),
-                );
-                out.insert(
-                    format!("{p}post_attention_layernorm.weight"),
-                    take(&format!("{e}mlp_norm.Rms.gamma")),
-                );
-            }
-            out.insert("model.norm.weight".into(), take("final_norm.Rms.gamma"));
-            if !config.tie_embeddings {
-                out.insert("lm_head.weight".into(), take("lm_head"));
-            }
-        }
-        Architecture::Gpt2 => {
-            out.insert(
-                "transformer.wte.weight".into(),
-                take("token_embedding.weight"),
-            );
-            out.insert(
-                "transformer.wpe.weight".into(),
-                take("position_embedding.weight"),
-            );
-            for i in 0..config.n_layers {
-                let p = format!("transformer.h.{i}.");
-                let e = format!("blocks.{i}.");
-                for (hf_name, ember_name) in [
-                    ("ln_1.weight", "attention_norm.Layer.gamma"),
-                    ("ln_1.bias", "attention_norm.Layer.beta"),
-                    ("attn.c_attn.weight", "attention.qkv.weight"),
-                    ("attn.c_attn.bias", "attention.qkv.bias"),
-                    ("attn.c_proj.weight", "attention.proj.weight"),
-                    ("attn.c_proj.bias", "attention.proj.bias"),
-                    ("ln_2.weight", "mlp_norm.Layer.gamma"),
-                    ("ln_2.bias", "mlp_norm.Layer.beta"),
-                    ("mlp.c_fc.weight", "mlp.Gelu.up.weight"),
-                    ("mlp.c_fc.bias", "mlp.Gelu.up.bias"),
-                    ("mlp.c_proj.weight", "mlp.Gelu.down.weight"),
-                    ("mlp.c_proj.bias", "mlp.Gelu.down.bias"),
-                ] {
+                for (hf_name, ember_name) in LLAMA_LINEARS {
+                    let t = take(&format!("{e}{ember_name}")).transposed();
+                    out.insert(format!("{p}{hf_name}"), t);
+                }
+                for (hf_name, ember_name) in LLAMA_NORMS {
                     out.insert(format!("{p}{hf_name}"), take(&format!("{e}{ember_name}")));
                 }
             }
-            out.insert(
-                "transformer.ln_f.weight".into(),
-                take("final_norm.Layer.gamma"),
-            );
-            out.insert(
-                "transformer.ln_f.bias".into(),
-                take("final_norm.Layer.beta"),
-            );
+            Architecture::Gpt2 => {
+                for (hf_name, ember_name) in GPT2_BLOCK {
+                    out.insert(
+                        format!("transformer.h.{i}.{hf_name}"),
+                        take(&format!("{e}{ember_name}")),
+                    );
+                }
+            }
         }
     }
     out
