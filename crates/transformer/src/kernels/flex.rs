@@ -94,8 +94,9 @@ const INFERENCE_MIN: usize = 1 << 16;
 /// Rows up to which an inference matmul takes Ember's few-rows kernels (`kernels::matmul`)
 /// instead of flex's gemm: a decoding step has one row per sequence of the batch. From 2 to
 /// 16 rows they beat the gemm (batch 4: +35% decoding tokens/s, batch 8: +20%), at 32 they
-/// lose; a single row takes the gemm's own matrix-vector path, which streams the weights as
-/// fast as they do (measured with `ember bench`'s decoding shapes).
+/// lose. A single row too: the gemm's matrix-vector path runs on one thread, these split the
+/// columns over all of them (`ember bench`, batch 1: the `small` shape 561 → 701 tokens/s,
+/// SmolLM2-135M 17.4 → 19.0; 2026-12-01, 2 cores).
 const FEW_ROWS: usize = 16;
 
 /// `x · w (+ bias)` for a few rows of `x` (`[rows, k]`, `w`: `[k, n]`) without autodiff, on
@@ -107,7 +108,7 @@ pub(crate) fn matmul_few_rows<B: Backend>(
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, 2>> {
     let [rows, _] = x.dims();
-    if !(2..=FEW_ROWS).contains(&rows) || B::ad_enabled(&x.device()) {
+    if !(1..=FEW_ROWS).contains(&rows) || B::ad_enabled(&x.device()) {
         return None;
     }
     let (xv, wv) = (flex(x)?, flex_view(w)?);

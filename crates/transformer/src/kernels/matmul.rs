@@ -288,13 +288,15 @@ mod tests {
     /// Sizes that leave remainders everywhere: rows beyond a group of four (or two), columns
     /// beyond two vectors and beyond one, a `k` that is not a multiple of the vector width,
     /// and enough work for the threaded path.
-    const SIZES: [(usize, usize, usize); 6] = [
+    const SIZES: [(usize, usize, usize); 7] = [
         (1, 8, 16),
         (3, 5, 7),
         (4, 33, 40),
         (7, 64, 100),
         (9, 19, 129),
         (8, 256, 768),
+        // One row on the threaded path (a decoding step at batch 1: SmolLM2's MLP).
+        (1, 576, 1920),
     ];
 
     #[test]
