@@ -239,7 +239,8 @@ impl GgufFile {
             let value = cursor.value(kind, &key, 0)?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        // Capacity from the header only up to a bound: a corrupt count must not allocate.
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 12) as usize);
         for _ in 0..n_tensors {
             let name = cursor.string("a tensor name")?;
             let n_dims = cursor.u32(&name)?;
@@ -274,7 +275,12 @@ impl GgufFile {
         let data_start = (cursor.at as u64).div_ceil(alignment) * alignment;
         let file_len = map.len() as u64;
         for info in &tensors {
-            let values = info.shape.iter().product::<usize>();
+            let Some(values) = info.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+                return cursor.fail(format!(
+                    "tensor {} has {:?} values, more than memory can hold",
+                    info.name, info.shape
+                ));
+            };
             // A type Ember does not read is reported when that tensor is asked for.
             let Some(kind) = GgmlType::from_id(info.kind) else {
                 continue;

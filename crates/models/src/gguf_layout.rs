@@ -94,6 +94,19 @@ pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
         path: file.path().to_path_buf(),
         message: format!("the model its metadata describes: {e}"),
     })?;
+    crate::check_size(&config, file.path())?;
+    // Each block has several tensors: more blocks than tensors is a corrupt count.
+    if config.n_layers > file.tensors.len() {
+        return Err(Error::Metadata {
+            path: file.path().to_path_buf(),
+            key: key("block_count"),
+            message: format!(
+                "{} blocks, but the file holds {} tensors",
+                config.n_layers,
+                file.tensors.len()
+            ),
+        });
+    }
     Ok(config)
 }
 

@@ -156,6 +156,7 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
     config
         .validate()
         .map_err(|e| unsupported(format!("the model it describes: {e}")))?;
+    crate::check_size(&config, path)?;
     Ok(config)
 }
 

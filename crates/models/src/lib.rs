@@ -35,6 +35,24 @@ pub struct Imported<B: Backend> {
     pub source: PathBuf,
 }
 
+/// The longest context Ember builds position tables for (a corrupt or absurd
+/// `context_length` must not allocate them).
+pub const MAX_CONTEXT: usize = 1 << 20;
+
+/// Refuses a config whose context is beyond [`MAX_CONTEXT`].
+pub(crate) fn check_size(config: &DecoderConfig, path: &Path) -> Result<()> {
+    if config.max_seq_len > MAX_CONTEXT {
+        return Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            message: format!(
+                "a context of {} positions; Ember builds position tables up to {MAX_CONTEXT}",
+                config.max_seq_len
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// What a path holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {

@@ -95,9 +95,10 @@ impl GgmlType {
 
     /// Bytes that `values` values take, or `None` if they do not fill whole blocks.
     pub fn bytes_for(self, values: usize) -> Option<usize> {
-        values
-            .is_multiple_of(self.block_values())
-            .then(|| values / self.block_values() * self.block_bytes())
+        if !values.is_multiple_of(self.block_values()) {
+            return None;
+        }
+        (values / self.block_values()).checked_mul(self.block_bytes())
     }
 
     /// Decodes `bytes` (whole blocks) into `f32`s.
