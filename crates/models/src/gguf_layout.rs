@@ -45,15 +45,15 @@ pub fn permute_rope_rows(t: &HostTensor, heads: usize, reverse: bool) -> HostTen
 pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
     let arch = file.str("general.architecture")?;
     let architecture = match arch {
-        "llama" => Architecture::Llama,
+        "llama" | "qwen2" => Architecture::Llama,
         "gpt2" => Architecture::Gpt2,
         other => {
             return Err(Error::Unsupported {
                 path: file.path().to_path_buf(),
                 message: format!(
-                "architecture {other}: Ember builds llama and gpt2 models (and their look-alikes \
-                     converted as llama)"
-            ),
+                    "architecture {other}: Ember builds llama, qwen2 and gpt2 models (and their \
+                     look-alikes converted as llama)"
+                ),
             })
         }
     };
@@ -81,7 +81,8 @@ pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
             config = config
                 .with_n_kv_heads((kv != n_heads).then_some(kv))
                 .with_norm_eps(file.f64(&key("attention.layer_norm_rms_epsilon"))?)
-                .with_tie_embeddings(file.info("output.weight").is_none());
+                .with_tie_embeddings(file.info("output.weight").is_none())
+                .with_qkv_bias(arch == "qwen2");
             if file.get(&key("rope.freq_base")).is_some() {
                 config = config.with_rope_theta(file.f64(&key("rope.freq_base"))?);
             }
@@ -129,19 +130,37 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
                 "model.embed_tokens.weight".into(),
                 Fix::None,
             );
+            // llama.cpp permutes the query and key rows of `llama` models only; `qwen2` (the
+            // Llama shape with query/key/value biases) keeps HF's rotate-half rows.
+            let rope = |heads| {
+                if config.qkv_bias {
+                    Fix::None
+                } else {
+                    Fix::RopeRows(heads)
+                }
+            };
             for i in 0..config.n_layers {
                 let (g, h) = (format!("blk.{i}."), format!("model.layers.{i}."));
+                if config.qkv_bias {
+                    for x in ["q", "k", "v"] {
+                        add(
+                            format!("{g}attn_{x}.bias"),
+                            format!("{h}self_attn.{x}_proj.bias"),
+                            Fix::None,
+                        );
+                    }
+                }
                 for (gn, hn, fix) in [
                     ("attn_norm.weight", "input_layernorm.weight", Fix::None),
                     (
                         "attn_q.weight",
                         "self_attn.q_proj.weight",
-                        Fix::RopeRows(config.n_heads),
+                        rope(config.n_heads),
                     ),
                     (
                         "attn_k.weight",
                         "self_attn.k_proj.weight",
-                        Fix::RopeRows(config.kv_heads()),
+                        rope(config.kv_heads()),
                     ),
                     ("attn_v.weight", "self_attn.v_proj.weight", Fix::None),
                     ("attn_output.weight", "self_attn.o_proj.weight", Fix::None),
@@ -332,6 +351,7 @@ pub fn write(
 ) -> Result<()> {
     let mut writer = GgufWriter::default();
     let arch = match config.architecture {
+        Architecture::Llama if config.qkv_bias => "qwen2",
         Architecture::Llama => "llama",
         Architecture::Gpt2 => "gpt2",
     };

@@ -75,13 +75,41 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
     };
     let model_type = field("model_type")?.as_str().unwrap_or_default();
     let config = match model_type {
-        "llama" | "mistral" => {
+        "llama" | "mistral" | "qwen2" => {
+            let qwen2 = model_type == "qwen2";
+            if qwen2 && json.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+                return Err(unsupported(
+                    "use_sliding_window is true; Ember's attention has no sliding window".into(),
+                ));
+            }
             let (d, heads) = (size("hidden_size")?, size("num_attention_heads")?);
             if json.get("rope_scaling").is_some_and(|v| !v.is_null()) {
                 return Err(unsupported(
                     "rope_scaling is set; Ember's RoPE has no scaling".into(),
                 ));
             }
+            // transformers 5 writes the RoPE settings as `rope_parameters`; earlier versions a
+            // top-level `rope_theta` (and `rope_scaling`).
+            let rope = json.get("rope_parameters").filter(|v| !v.is_null());
+            if let Some(kind) = rope
+                .and_then(|r| r.get("rope_type"))
+                .and_then(Value::as_str)
+            {
+                if kind != "default" {
+                    return Err(unsupported(format!(
+                        "rope_parameters.rope_type {kind}; Ember's RoPE has no scaling"
+                    )));
+                }
+            }
+            let rope_theta = match rope.and_then(|r| r.get("rope_theta")) {
+                Some(theta) => theta.as_f64().ok_or_else(|| Error::Metadata {
+                    path: path.to_path_buf(),
+                    key: "rope_parameters.rope_theta".into(),
+                    message: "not a number".into(),
+                })?,
+                None => float("rope_theta", 10000.0)?,
+            };
+            // Qwen2's query/key/value projections always have biases (and nothing else does).
             for key in ["attention_bias", "mlp_bias"] {
                 if json.get(key).and_then(Value::as_bool) == Some(true) {
                     return Err(unsupported(format!(
@@ -117,7 +145,8 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
             .with_d_ff(Some(size("intermediate_size")?))
             .with_n_kv_heads((kv != heads).then_some(kv))
             .with_norm_eps(float("rms_norm_eps", 1e-6)?)
-            .with_rope_theta(float("rope_theta", 10000.0)?)
+            .with_rope_theta(rope_theta)
+            .with_qkv_bias(qwen2)
             .with_tie_embeddings(
                 json.get("tie_word_embeddings")
                     .and_then(Value::as_bool)
@@ -149,8 +178,8 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
         }
         other => {
             return Err(unsupported(format!(
-                "model_type {other:?}: Ember builds llama (and mistral-style) and gpt2 models"
-            )))
+            "model_type {other:?}: Ember builds llama (and mistral-style), qwen2 and gpt2 models"
+        )))
         }
     };
     config
@@ -165,8 +194,8 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
 pub fn config_json(config: &DecoderConfig, bos: Option<u32>, eos: Option<u32>) -> Value {
     match config.architecture {
         Architecture::Llama => json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [if config.qkv_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "model_type": if config.qkv_bias { "qwen2" } else { "llama" },
             "vocab_size": config.vocab_size,
             "hidden_size": config.d_model,
             "intermediate_size": config.mlp_hidden(),

@@ -219,6 +219,22 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
                     format!("{e}attention.qkv.weight"),
                     HostTensor::stack_rows(&[&q, &k, &v]).transposed(),
                 );
+                if config.qkv_bias {
+                    let mut bias = |name: &str, n: usize| {
+                        take(hf, &format!("{p}self_attn.{name}_proj.bias"), &[n], origin)
+                    };
+                    let parts = [
+                        bias("q", heads * hd)?,
+                        bias("k", kv * hd)?,
+                        bias("v", kv * hd)?,
+                    ];
+                    let values = parts.into_iter().flat_map(|t| t.values).collect::<Vec<_>>();
+                    let n = values.len();
+                    out.insert(
+                        format!("{e}attention.qkv.bias"),
+                        HostTensor::new(vec![n], values),
+                    );
+                }
                 for (hf_name, ember) in LLAMA_LINEARS {
                     let mut shape = ember_shape(config, ember);
                     shape.reverse();
@@ -272,6 +288,16 @@ pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
                         format!("{p}self_attn.{name}_proj.weight"),
                         qkv.rows(start * hd, n * hd),
                     );
+                }
+                if config.qkv_bias {
+                    let bias = take(&format!("{e}attention.qkv.bias"));
+                    for (name, start, n) in parts {
+                        let values = bias.values[start * hd..(start + n) * hd].to_vec();
+                        out.insert(
+                            format!("{p}self_attn.{name}_proj.bias"),
+                            HostTensor::new(vec![n * hd], values),
+                        );
+                    }
                 }
                 for (hf_name, ember_name) in LLAMA_LINEARS {
                     let t = take(&format!("{e}{ember_name}")).transposed();

@@ -66,12 +66,14 @@ fn reference_logits(name: &str) -> Vec<f32> {
         .collect()
 }
 
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 8] = [
     "llama-gqa",
     "gpt2",
+    "qwen2",
     "llama-gqa-f32.gguf",
     "llama-gqa-q8_0.gguf",
     "llama-gqa-q4_1.gguf",
+    "qwen2-f32.gguf",
     "gpt2-f32.gguf",
 ];
 
@@ -89,8 +91,13 @@ fn logits_match_transformers_on_every_fixture() {
         );
     }
     let gqa = load(&fixture("llama-gqa"));
-    assert_eq!(gqa.decoder.config().kv_heads(), 2);
-    assert_eq!(gqa.decoder.config().n_heads, 4);
+    let config = gqa.decoder.config();
+    assert_eq!((config.n_heads, config.kv_heads()), (4, 2));
+    // transformers 5 writes the base in `rope_parameters`: 1e5, not the default 1e4.
+    assert_eq!(config.rope_theta, 1e5);
+    let qwen2 = load(&fixture("qwen2"));
+    assert!(qwen2.decoder.config().qkv_bias);
+    assert_eq!(qwen2.decoder.config().rope_theta, 1e6);
 }
 
 #[test]
@@ -113,7 +120,7 @@ fn the_gguf_tokenizer_is_the_folders() {
 #[test]
 fn export_then_import_gives_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["llama-gqa", "gpt2"] {
+    for name in ["llama-gqa", "gpt2", "qwen2"] {
         let model = load(&fixture(name));
         let before = logits(&model);
         let out = dir.path().join(name);

@@ -51,6 +51,10 @@ pub struct DecoderConfig {
     /// a matrix of its own (Llama 2 and 3 from 7B up).
     #[config(default = true)]
     pub tie_embeddings: bool,
+    /// Whether the query/key/value projection has a bias in a Llama-shaped model (Qwen2's
+    /// attention; GPT-2's layers always have biases).
+    #[config(default = false)]
+    pub qkv_bias: bool,
     /// Standard deviation of the initial weights; 0.02 as in GPT-2. Residual projections are
     /// further scaled by 1/sqrt(2 n_layers) so the residual stream's variance does not grow
     /// with depth.
@@ -161,7 +165,12 @@ impl DecoderConfig {
         let hidden = self.mlp_hidden();
         let kv = self.kv_heads() * self.head_dim();
         let (attention, mlp, norms, positions) = match self.architecture {
-            Architecture::Llama => (2 * d * d + 2 * d * kv, 3 * d * hidden, 2 * d, 0),
+            Architecture::Llama => (
+                2 * d * d + 2 * d * kv + usize::from(self.qkv_bias) * (d + 2 * kv),
+                3 * d * hidden,
+                2 * d,
+                0,
+            ),
             Architecture::Gpt2 => (
                 2 * d * d + 2 * d * kv + 2 * d + 2 * kv,
                 2 * d * hidden + hidden + d,
@@ -213,6 +222,18 @@ mod tests {
         assert_eq!(config.num_params(), 134_515_008);
         let untied = config.clone().with_tie_embeddings(false);
         assert_eq!(untied.num_params(), 134_515_008 + 49152 * 576);
+    }
+
+    #[test]
+    fn qwen2_5_0_5b_has_494m_parameters() {
+        // HF's Qwen2ForCausalLM for Qwen2.5-0.5B reports 494,032,768 parameters: 24 blocks of
+        // width 896, 14 query and 2 key/value heads, biases on the query/key/value projections,
+        // SwiGLU of 4864, tied head.
+        let config = DecoderConfig::new(151_936, 896, 24, 14, 32_768)
+            .with_n_kv_heads(Some(2))
+            .with_d_ff(Some(4864))
+            .with_qkv_bias(true);
+        assert_eq!(config.num_params(), 494_032_768);
     }
 
     #[test]
