@@ -81,8 +81,8 @@ pub fn config(file: &GgufFile) -> Result<DecoderConfig> {
             config = config
                 .with_n_kv_heads((kv != n_heads).then_some(kv))
                 .with_norm_eps(file.f64(&key("attention.layer_norm_rms_epsilon"))?)
-                .with_tie_embeddings(file.info("output.weight").is_none())
-                .with_qkv_bias(arch == "qwen2");
+                .with_tie_embeddings(Some(file.info("output.weight").is_none()))
+                .with_qkv_bias(Some(arch == "qwen2"));
             if file.get(&key("rope.freq_base")).is_some() {
                 config = config.with_rope_theta(file.f64(&key("rope.freq_base"))?);
             }
@@ -133,7 +133,7 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
             // llama.cpp permutes the query and key rows of `llama` models only; `qwen2` (the
             // Llama shape with query/key/value biases) keeps HF's rotate-half rows.
             let rope = |heads| {
-                if config.qkv_bias {
+                if config.has_qkv_bias() {
                     Fix::None
                 } else {
                     Fix::RopeRows(heads)
@@ -141,7 +141,7 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
             };
             for i in 0..config.n_layers {
                 let (g, h) = (format!("blk.{i}."), format!("model.layers.{i}."));
-                if config.qkv_bias {
+                if config.has_qkv_bias() {
                     for x in ["q", "k", "v"] {
                         add(
                             format!("{g}attn_{x}.bias"),
@@ -181,7 +181,7 @@ fn names(config: &DecoderConfig) -> Vec<(String, String, Fix)> {
                 "model.norm.weight".into(),
                 Fix::None,
             );
-            if !config.tie_embeddings {
+            if !config.tied() {
                 add("output.weight".into(), "lm_head.weight".into(), Fix::None);
             }
         }
@@ -351,7 +351,7 @@ pub fn write(
 ) -> Result<()> {
     let mut writer = GgufWriter::default();
     let arch = match config.architecture {
-        Architecture::Llama if config.qkv_bias => "qwen2",
+        Architecture::Llama if config.has_qkv_bias() => "qwen2",
         Architecture::Llama => "llama",
         Architecture::Gpt2 => "gpt2",
     };

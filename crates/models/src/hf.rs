@@ -146,12 +146,12 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
             .with_n_kv_heads((kv != heads).then_some(kv))
             .with_norm_eps(float("rms_norm_eps", 1e-6)?)
             .with_rope_theta(rope_theta)
-            .with_qkv_bias(qwen2)
-            .with_tie_embeddings(
+            .with_qkv_bias(Some(qwen2))
+            .with_tie_embeddings(Some(
                 json.get("tie_word_embeddings")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
-            )
+            ))
         }
         "gpt2" => {
             if let Some(act) = json.get("activation_function").and_then(Value::as_str) {
@@ -194,8 +194,8 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
 pub fn config_json(config: &DecoderConfig, bos: Option<u32>, eos: Option<u32>) -> Value {
     match config.architecture {
         Architecture::Llama => json!({
-            "architectures": [if config.qkv_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-            "model_type": if config.qkv_bias { "qwen2" } else { "llama" },
+            "architectures": [if config.has_qkv_bias() { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "model_type": if config.has_qkv_bias() { "qwen2" } else { "llama" },
             "vocab_size": config.vocab_size,
             "hidden_size": config.d_model,
             "intermediate_size": config.mlp_hidden(),
@@ -210,7 +210,7 @@ pub fn config_json(config: &DecoderConfig, bos: Option<u32>, eos: Option<u32>) -
             "hidden_act": "silu",
             "attention_bias": false,
             "mlp_bias": false,
-            "tie_word_embeddings": config.tie_embeddings,
+            "tie_word_embeddings": config.tied(),
             "bos_token_id": bos,
             "eos_token_id": eos,
             "torch_dtype": "float32",

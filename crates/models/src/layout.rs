@@ -139,7 +139,7 @@ fn outer(config: &DecoderConfig) -> Vec<(&'static str, &'static str)> {
                 ("model.embed_tokens.weight", "token_embedding.weight"),
                 ("model.norm.weight", "final_norm.Rms.gamma"),
             ];
-            if !config.tie_embeddings {
+            if !config.tied() {
                 names.push(("lm_head.weight", "lm_head"));
             }
             names
@@ -219,7 +219,7 @@ pub fn hf_to_ember(config: &DecoderConfig, mut hf: Weights, origin: &Path) -> Re
                     format!("{e}attention.qkv.weight"),
                     HostTensor::stack_rows(&[&q, &k, &v]).transposed(),
                 );
-                if config.qkv_bias {
+                if config.has_qkv_bias() {
                     let mut bias = |name: &str, n: usize| {
                         take(hf, &format!("{p}self_attn.{name}_proj.bias"), &[n], origin)
                     };
@@ -289,7 +289,7 @@ pub fn ember_to_hf(config: &DecoderConfig, mut ember: Weights) -> Weights {
                         qkv.rows(start * hd, n * hd),
                     );
                 }
-                if config.qkv_bias {
+                if config.has_qkv_bias() {
                     let bias = take(&format!("{e}attention.qkv.bias"));
                     for (name, start, n) in parts {
                         let values = bias.values[start * hd..(start + n) * hd].to_vec();

@@ -96,7 +96,7 @@ fn logits_match_transformers_on_every_fixture() {
     // transformers 5 writes the base in `rope_parameters`: 1e5, not the default 1e4.
     assert_eq!(config.rope_theta, 1e5);
     let qwen2 = load(&fixture("qwen2"));
-    assert!(qwen2.decoder.config().qkv_bias);
+    assert!(qwen2.decoder.config().has_qkv_bias());
     assert_eq!(qwen2.decoder.config().rope_theta, 1e6);
 }
 

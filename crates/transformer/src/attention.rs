@@ -40,7 +40,13 @@ impl<B: Backend> CausalSelfAttention<B> {
         let kv = config.kv_heads();
         let width = (config.n_heads + 2 * kv) * config.head_dim();
         Self {
-            qkv: linear(d, width, bias || config.qkv_bias, config.init_std, device),
+            qkv: linear(
+                d,
+                width,
+                bias || config.has_qkv_bias(),
+                config.init_std,
+                device,
+            ),
             proj: linear(d, d, bias, residual_std, device),
             n_heads: config.n_heads,
             n_kv_heads: kv,

@@ -48,13 +48,15 @@ pub struct DecoderConfig {
     #[config(default = "None")]
     pub n_kv_heads: Option<usize>,
     /// Whether the language-model head is the token embedding's transpose (GPT-2, SmolLM2) or
-    /// a matrix of its own (Llama 2 and 3 from 7B up).
-    #[config(default = true)]
-    pub tie_embeddings: bool,
+    /// a matrix of its own (Llama 2 and 3 from 7B up); `None` is tied (and what a `model.json`
+    /// written before the field existed has). See [`DecoderConfig::tied`].
+    #[config(default = "None")]
+    pub tie_embeddings: Option<bool>,
     /// Whether the query/key/value projection has a bias in a Llama-shaped model (Qwen2's
-    /// attention; GPT-2's layers always have biases).
-    #[config(default = false)]
-    pub qkv_bias: bool,
+    /// attention; GPT-2's layers always have biases); `None` is no. See
+    /// [`DecoderConfig::has_qkv_bias`].
+    #[config(default = "None")]
+    pub qkv_bias: Option<bool>,
     /// Standard deviation of the initial weights; 0.02 as in GPT-2. Residual projections are
     /// further scaled by 1/sqrt(2 n_layers) so the residual stream's variance does not grow
     /// with depth.
@@ -84,6 +86,16 @@ impl DecoderConfig {
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
+    }
+
+    /// Whether the head is the token embedding's transpose (see `tie_embeddings`).
+    pub fn tied(&self) -> bool {
+        self.tie_embeddings != Some(false)
+    }
+
+    /// Whether a Llama-shaped model's query/key/value projection has a bias (see `qkv_bias`).
+    pub fn has_qkv_bias(&self) -> bool {
+        self.qkv_bias == Some(true)
     }
 
     /// Number of key/value heads (see `n_kv_heads`).
@@ -166,7 +178,7 @@ impl DecoderConfig {
         let kv = self.kv_heads() * self.head_dim();
         let (attention, mlp, norms, positions) = match self.architecture {
             Architecture::Llama => (
-                2 * d * d + 2 * d * kv + usize::from(self.qkv_bias) * (d + 2 * kv),
+                2 * d * d + 2 * d * kv + usize::from(self.has_qkv_bias()) * (d + 2 * kv),
                 3 * d * hidden,
                 2 * d,
                 0,
@@ -183,11 +195,7 @@ impl DecoderConfig {
         } else {
             d
         };
-        let head = if self.tie_embeddings {
-            0
-        } else {
-            self.vocab_size * d
-        };
+        let head = if self.tied() { 0 } else { self.vocab_size * d };
         self.vocab_size * d
             + positions
             + self.n_layers * (attention + mlp + norms)
@@ -220,7 +228,7 @@ mod tests {
             .with_n_kv_heads(Some(3))
             .with_d_ff(Some(1536));
         assert_eq!(config.num_params(), 134_515_008);
-        let untied = config.clone().with_tie_embeddings(false);
+        let untied = config.clone().with_tie_embeddings(Some(false));
         assert_eq!(untied.num_params(), 134_515_008 + 49152 * 576);
     }
 
@@ -232,8 +240,20 @@ mod tests {
         let config = DecoderConfig::new(151_936, 896, 24, 14, 32_768)
             .with_n_kv_heads(Some(2))
             .with_d_ff(Some(4864))
-            .with_qkv_bias(true);
+            .with_qkv_bias(Some(true));
         assert_eq!(config.num_params(), 494_032_768);
+    }
+
+    #[test]
+    fn a_model_json_from_before_the_new_fields_still_reads() {
+        // What Ember wrote before grouped-query attention, untied heads and biases existed.
+        let old = r#"{"vocab_size": 400, "d_model": 32, "n_layers": 2, "n_heads": 2,
+            "max_seq_len": 128, "architecture": "llama", "d_ff": null, "norm_eps": 0.00001,
+            "rope_theta": 10000.0, "init_std": 0.02}"#;
+        let config: DecoderConfig = serde_json::from_str(old).unwrap();
+        assert!(config.tied() && !config.has_qkv_bias());
+        assert_eq!(config.kv_heads(), 2);
+        assert_eq!(config, DecoderConfig::new(400, 32, 2, 2, 128));
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl DecoderConfig {
                 .map(|_| Block::init(self, device))
                 .collect(),
             final_norm: Norm::init(self, device),
-            lm_head: (!self.tie_embeddings).then(|| {
+            lm_head: (!self.tied()).then(|| {
                 crate::init::normal(self.init_std).init([self.vocab_size, self.d_model], device)
             }),
             config: self.clone(),
