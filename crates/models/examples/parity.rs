@@ -13,6 +13,16 @@ use burn::tensor::{Int, Tensor, TensorData};
 use ember_instruct::{ChatTemplate, Conversation, Message, Role};
 use ember_transformer::{generate, GenerateConfig};
 
+/// A JSON array of token ids.
+fn token_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     let args = std::env::args().skip(1).collect::<Vec<_>>();
     let [model, reference] = args.as_slice() else {
@@ -45,12 +55,7 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         let ids = template.render_prompt(&Conversation::new(messages))?;
-        let expected_ids = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect::<Vec<_>>();
+        let expected_ids = token_ids(&case["ids"]);
         let same_prompt = ids == expected_ids;
         let n = expected_ids.len();
         let tokens = Tensor::<Flex, 2, Int>::from_data(
@@ -98,12 +103,7 @@ fn main() -> anyhow::Result<()> {
             &config,
         )?;
         let seconds = started.elapsed().as_secs_f64();
-        let expected_greedy = case["greedy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect::<Vec<_>>();
+        let expected_greedy = token_ids(&case["greedy"]);
         // transformers keeps generating to 32 tokens only until its own eos.
         let ours = &generated[0].tokens;
         let same_greedy = ours[..] == expected_greedy[..ours.len().min(expected_greedy.len())];
@@ -120,12 +120,7 @@ fn main() -> anyhow::Result<()> {
     let texts = reference["tokens"].as_array().unwrap();
     for t in texts {
         let ids = imported.tokenizer.encode(t["text"].as_str().unwrap())?;
-        let expected = t["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect::<Vec<_>>();
+        let expected = token_ids(&t["ids"]);
         if ids == expected {
             equal += 1;
         } else {

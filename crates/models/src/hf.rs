@@ -9,9 +9,9 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
-use crate::gguf::write_atomically;
 use crate::layout::{HostTensor, Weights};
 use crate::{Error, Result};
+use ember_tokenizer::write_atomically;
 
 /// The config file of a folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -363,7 +363,7 @@ pub fn write_safetensors(path: &Path, weights: &Weights) -> Result<()> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    write_atomically(path, &data)
+    Ok(write_atomically(path, &data)?)
 }
 
 /// The chat template file `transformers` 5 writes beside `tokenizer_config.json`.
@@ -401,5 +401,5 @@ pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
 /// Writes JSON atomically.
 pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
-    write_atomically(path, text.as_bytes())
+    Ok(write_atomically(path, text.as_bytes())?)
 }
