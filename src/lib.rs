@@ -7,6 +7,7 @@ pub use ember_models as models;
 pub use ember_pipeline as pipeline;
 pub use ember_ppo as ppo;
 pub use ember_reward as reward;
+pub use ember_serve as serve;
 pub use ember_tasks as tasks;
 pub use ember_tokenizer as tokenizer;
 pub use ember_train as train;

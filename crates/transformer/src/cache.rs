@@ -137,4 +137,156 @@ impl<B: Backend> KvCache<B> {
     pub(crate) fn advance(&mut self, seq: usize) {
         self.len += seq;
     }
+
+    /// Rows of the batch once something is cached; 0 before.
+    pub fn rows(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(Option::as_ref)
+            .map_or(0, |(keys, _)| keys.dims()[0])
+    }
+
+    /// The pad tokens at the start of each row.
+    pub fn left_padding(&self) -> Vec<usize> {
+        if self.left_padding.is_empty() {
+            vec![0; self.rows()]
+        } else {
+            self.left_padding.clone()
+        }
+    }
+
+    /// Keeps the rows `keep`, in that order, and drops the rest: a finished sequence leaves a
+    /// running batch (continuous batching). Positions that are padding in every row left are
+    /// dropped too, so the cache is as long as its longest row.
+    ///
+    /// # Errors
+    /// A row index out of range.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> crate::Result<()> {
+        let rows = self.rows();
+        if let Some(&row) = keep.iter().find(|&&row| row >= rows) {
+            return Err(crate::Error::Input(format!(
+                "row {row} of a KV cache of {rows} rows"
+            )));
+        }
+        if keep.len() == rows && keep.iter().enumerate().all(|(i, &row)| i == row) {
+            return Ok(());
+        }
+        let padding = self.left_padding();
+        let len = self.len;
+        for entry in &mut self.layers {
+            let Some((keys, values)) = entry.take() else {
+                continue;
+            };
+            if keep.is_empty() {
+                continue;
+            }
+            let device = keys.device();
+            let index = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(keep.iter().map(|&r| r as i64).collect(), [keep.len()]),
+                &device,
+            );
+            *entry = Some((
+                keys.narrow(2, 0, len).select(0, index.clone()),
+                values.narrow(2, 0, len).select(0, index),
+            ));
+        }
+        if keep.is_empty() {
+            self.left_padding.clear();
+            self.len = 0;
+            return Ok(());
+        }
+        self.left_padding = keep.iter().map(|&row| padding[row]).collect();
+        self.trim();
+        Ok(())
+    }
+
+    /// Appends the rows of `other`, a cache of the same model, after these: a new sequence
+    /// joins a running batch (continuous batching). The shorter side is left-padded so that
+    /// both end at the same position; every row keeps its own positions.
+    ///
+    /// # Errors
+    /// Caches of different models (layers, heads or head widths).
+    pub fn extend(&mut self, other: KvCache<B>) -> crate::Result<()> {
+        if other.rows() == 0 {
+            return Ok(());
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        let shape = |cache: &KvCache<B>| {
+            cache
+                .layers
+                .iter()
+                .map(|l| l.as_ref().map(|(k, _)| [k.dims()[1], k.dims()[3]]))
+                .collect::<Vec<_>>()
+        };
+        if shape(self) != shape(&other) {
+            return Err(crate::Error::Input(
+                "KV caches of different models cannot share a batch".into(),
+            ));
+        }
+        let len = self.len.max(other.len);
+        let (mine, theirs) = (self.left_padding(), other.left_padding());
+        let (shift_mine, shift_theirs) = (len - self.len, len - other.len);
+        let pad = |t: Tensor<B, 4>, from: usize, shift: usize| {
+            let t = t.narrow(2, 0, from);
+            if shift == 0 {
+                return t;
+            }
+            let [batch, heads, _, dim] = t.dims();
+            let zeros = Tensor::<B, 4>::zeros([batch, heads, shift, dim], &t.device());
+            Tensor::cat(vec![zeros, t], 2)
+        };
+        for (entry, theirs) in self.layers.iter_mut().zip(other.layers) {
+            let (Some((k1, v1)), Some((k2, v2))) = (entry.take(), theirs) else {
+                return Err(crate::Error::Input(
+                    "a KV cache with a layer not yet filled cannot share a batch".into(),
+                ));
+            };
+            *entry = Some((
+                Tensor::cat(
+                    vec![
+                        pad(k1, self.len, shift_mine),
+                        pad(k2, other.len, shift_theirs),
+                    ],
+                    0,
+                ),
+                Tensor::cat(
+                    vec![
+                        pad(v1, self.len, shift_mine),
+                        pad(v2, other.len, shift_theirs),
+                    ],
+                    0,
+                ),
+            ));
+        }
+        self.left_padding = mine
+            .into_iter()
+            .map(|p| p + shift_mine)
+            .chain(theirs.into_iter().map(|p| p + shift_theirs))
+            .collect();
+        self.len = len;
+        self.trim();
+        Ok(())
+    }
+
+    /// Drops the leading positions that are padding in every row.
+    fn trim(&mut self) {
+        let Some(&drop) = self.left_padding.iter().min() else {
+            return;
+        };
+        if drop == 0 {
+            return;
+        }
+        let len = self.len - drop;
+        for (keys, values) in self.layers.iter_mut().flatten() {
+            *keys = keys.clone().narrow(2, drop, len);
+            *values = values.clone().narrow(2, drop, len);
+        }
+        for pad in &mut self.left_padding {
+            *pad -= drop;
+        }
+        self.len = len;
+    }
 }

@@ -228,6 +228,30 @@ impl<B: Backend> Decoder<B> {
         tokens: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        let x = self.cached_blocks(tokens, cache);
+        self.logits(self.final_norm.forward(x))
+    }
+
+    /// [`Decoder::forward_cached`] returning the logits of the last position only, `[batch,
+    /// vocab_size]`: what a prompt's prefill needs to draw the first token, without the
+    /// language-model head on every other position.
+    ///
+    /// # Panics
+    /// If the cache would grow past `max_seq_len`, or `tokens` has no position.
+    pub fn forward_cached_last(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let [batch, seq] = tokens.dims();
+        let last = self.cached_blocks(tokens, cache).narrow(1, seq - 1, 1);
+        self.logits(self.final_norm.forward(last))
+            .reshape([batch, self.config.vocab_size])
+    }
+
+    /// The blocks' output for `tokens` after those in `cache` (before the final norm), their
+    /// keys and values appended to it.
+    fn cached_blocks(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
         self.check_length(cache.len() + seq);
         let device = tokens.device();
@@ -243,7 +267,7 @@ impl<B: Backend> Decoder<B> {
             x = block.forward_cached(x, context, layer, cache);
         }
         cache.advance(seq);
-        self.logits(self.final_norm.forward(x))
+        x
     }
 
     /// Mean next-token cross-entropy over the batch's unmasked targets.

@@ -162,6 +162,103 @@ fn check_padded_batch_equals_single_prompts<B: Backend>(device: &B::Device) {
     }
 }
 
+/// Continuous batching: sequences prefilled alone and joined into one left-padded cache
+/// (`KvCache::extend`), some leaving it mid-way (`retain_rows`), decode each row as it decodes
+/// alone, within `tolerance` (0 on flex: bit for bit).
+fn check_joined_rows_decode_as_alone<B: Backend>(device: &B::Device, tolerance: f32) {
+    let gqa = config(Architecture::Llama).with_n_kv_heads(Some(2));
+    let configs = ARCHITECTURES.map(config).into_iter().chain([gqa]);
+    for config in configs {
+        B::seed(device, 7);
+        let model = config.init::<B>(device).unwrap();
+        let layers = model.config().n_layers;
+        let prompts = [sequence(5), sequence(13), vec![42, 7], sequence(9)];
+        // Feeds row `r` token `(r * 7 + step) % 97` at each step.
+        let next = |row: usize, step: usize| ((row * 7 + step * 3) % 97) as u32;
+        let steps = 8;
+        // Alone: the last-position logits after the prompt and after each step.
+        let alone = prompts
+            .iter()
+            .enumerate()
+            .map(|(row, prompt)| {
+                let mut cache = KvCache::new(layers);
+                let mut out = vec![values(model.forward_cached_last(
+                    tokens::<B>(std::slice::from_ref(prompt), device),
+                    &mut cache,
+                ))];
+                for step in 0..steps {
+                    let logits = model
+                        .forward_cached(tokens::<B>(&[vec![next(row, step)]], device), &mut cache);
+                    out.push(values(logits));
+                }
+                out
+            })
+            .collect::<Vec<_>>();
+        // Joined: rows 0 and 1 start, row 2 joins after 2 steps, row 3 after 4; row 1 leaves
+        // after 5 steps.
+        let mut cache = KvCache::<B>::new(layers);
+        let mut live: Vec<(usize, usize)> = Vec::new(); // (row, its next step)
+        let join = |row: usize, cache: &mut KvCache<B>, live: &mut Vec<(usize, usize)>| {
+            let mut single = KvCache::new(layers);
+            let first = values(model.forward_cached_last(
+                tokens::<B>(std::slice::from_ref(&prompts[row]), device),
+                &mut single,
+            ));
+            assert!(max_abs_diff(&first, &alone[row][0]) <= tolerance);
+            cache.extend(single).unwrap();
+            live.push((row, 0));
+        };
+        join(0, &mut cache, &mut live);
+        join(1, &mut cache, &mut live);
+        for step in 0..steps + 4 {
+            if step == 2 {
+                join(2, &mut cache, &mut live);
+            }
+            if step == 4 {
+                join(3, &mut cache, &mut live);
+            }
+            if step == 5 {
+                let keep = (0..live.len())
+                    .filter(|&i| live[i].0 != 1)
+                    .collect::<Vec<_>>();
+                cache.retain_rows(&keep).unwrap();
+                live.retain(|&(row, _)| row != 1);
+            }
+            // Rows done with their steps leave too.
+            let keep = (0..live.len())
+                .filter(|&i| live[i].1 < steps)
+                .collect::<Vec<_>>();
+            cache.retain_rows(&keep).unwrap();
+            live.retain(|&(_, at)| at < steps);
+            assert_eq!(cache.rows(), live.len());
+            if live.is_empty() {
+                break;
+            }
+            let input = live
+                .iter()
+                .map(|&(row, at)| vec![next(row, at)])
+                .collect::<Vec<_>>();
+            let logits = values(model.forward_cached(tokens::<B>(&input, device), &mut cache));
+            let vocab = logits.len() / live.len();
+            for (i, (row, at)) in live.iter_mut().enumerate() {
+                let got = &logits[i * vocab..(i + 1) * vocab];
+                let diff = max_abs_diff(got, &alone[*row][*at + 1]);
+                assert!(
+                    diff <= tolerance,
+                    "{:?} row {row} step {at}: off by {diff} in a batch of {}",
+                    config.architecture,
+                    input.len()
+                );
+                *at += 1;
+            }
+        }
+        assert!(
+            live.iter().all(|&(_, at)| at == steps),
+            "every row ran its steps"
+        );
+    }
+}
+
 /// Every parameter's gradient, flattened, in the module's order.
 struct Grads<'a, B: AutodiffBackend> {
     grads: &'a <B as AutodiffBackend>::Gradients,
@@ -319,6 +416,11 @@ mod cpu {
     }
 
     #[test]
+    fn joined_rows_decode_as_alone() {
+        check_joined_rows_decode_as_alone::<B>(&Default::default(), 1e-5);
+    }
+
+    #[test]
     fn generation_stops_at_a_stop_token_and_is_seeded() {
         let device = Default::default();
         let model = model::<B>(Architecture::Llama, &device);
@@ -444,6 +546,13 @@ mod flex_kernels {
             diff <= 2e-5 * scale,
             "{what}: differs by {diff} (max {scale})"
         );
+    }
+
+    /// Flex's decode kernel starts a left-padded row at its first key and the few-rows
+    /// matmul computes each row on its own: a row's logits do not depend on its batch.
+    #[test]
+    fn joined_rows_decode_bit_for_bit_as_alone() {
+        check_joined_rows_decode_as_alone::<Flex>(&Default::default(), 0.0);
     }
 
     #[test]

@@ -392,14 +392,23 @@ fn decode(
         for (i, out) in out.chunks_exact_mut(dim).enumerate() {
             let visible = keys - queries + i + 1;
             let q = query.row(unit, i);
-            for (j, score) in scores[..visible].iter_mut().enumerate() {
-                *score = dot(q, key.row(kv_unit, j));
-            }
             let hidden = mask.map(|m| m.row(item, head, i, keys));
-            softmax_row(&mut scores, visible, scale, hidden);
-            for (j, &p) in scores[..visible].iter().enumerate() {
+            // A left-padded row starts at its first visible key, so that it is computed
+            // exactly as it would be alone (the same sums in the same lanes): a sequence's
+            // answer does not depend on the batch it shares a step with.
+            let first = hidden.map_or(0, |h| h[..visible].iter().position(|&h| !h).unwrap_or(0));
+            for (j, score) in scores[first..visible].iter_mut().enumerate() {
+                *score = dot(q, key.row(kv_unit, first + j));
+            }
+            softmax_row(
+                &mut scores[first..],
+                visible - first,
+                scale,
+                hidden.map(|h| &h[first..]),
+            );
+            for (j, &p) in scores[first..visible].iter().enumerate() {
                 if p != 0.0 {
-                    for (o, v) in out.iter_mut().zip(value.row(kv_unit, j)) {
+                    for (o, v) in out.iter_mut().zip(value.row(kv_unit, first + j)) {
                         *o += p * v;
                     }
                 }
