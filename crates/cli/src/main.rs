@@ -54,6 +54,9 @@ enum Command {
     /// Write an Ember model folder as a Hugging Face folder or a GGUF file, for
     /// `transformers`, llama.cpp and the tools built on them.
     Export(commands::models::ExportArgs),
+    /// Serve a model folder over HTTP: OpenAI's chat-completions API (streaming, continuous
+    /// batching) and a web chat page at `/`. Stops cleanly on SIGTERM or Ctrl-C.
+    Serve(commands::serve::Args),
     /// Training-step and generation throughput on the chosen device (tokens/s, GFLOP/s), as
     /// a table; see docs/benchmarks.md for the kernel benches and the PyTorch comparison.
     Bench(commands::bench::Args),
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(DataCommand::Show(args)) => commands::data::show(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Import(args) => commands::models::import(args),
         Command::Export(args) => commands::models::export(args),
     };

@@ -179,6 +179,7 @@ fn pretrain_resume_and_generate() {
     assert!(text(&out).contains("(a new conversation)"));
     assert!(text(&out).contains("not UTF-8"), "{}", text(&out));
     assert!(text(&out).contains("it was not sent"), "{}", text(&out));
+    serve_answers_and_stops_on_sigterm(dir);
     std::fs::write(
         dir.join("prompts.jsonl"),
         "{\"prompt\": \"the king\"}\n{\"prompt\": \"a sea\"}\n",
@@ -545,6 +546,64 @@ fn bench_prints_training_and_generation_tables() {
     assert!(gflops > 0.0 && (mfu - gflops).abs() <= 0.051, "{fields:?}");
 }
 
+/// `ember serve` on a free port: one chat completion over HTTP, then SIGTERM ends it with
+/// exit status 0.
+fn serve_answers_and_stops_on_sigterm(dir: &Path) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "serve",
+            "--model",
+            "sft/model",
+            "--port",
+            "0",
+            "--name",
+            "tiny",
+        ])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let address = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "ember serve ended"
+        );
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let body = r#"{"model": "tiny", "messages": [{"role": "user", "content": "the king"}], "max_tokens": 4, "temperature": 0}"#;
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json = response.split("\r\n\r\n").nth(1).unwrap();
+    let json: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(json["model"], "tiny");
+    assert!(json["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+}
+
 #[test]
 fn help_describes_every_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -552,6 +611,7 @@ fn help_describes_every_command() {
         &["--help"][..],
         &["pretrain", "--help"],
         &["generate", "--help"],
+        &["serve", "--help"],
         &["tokenizer", "train", "--help"],
     ] {
         let out = ember(command, dir.path());

@@ -75,6 +75,17 @@ impl Default for ServeConfig {
     }
 }
 
+/// The folder's name, or its parent's for a stage's `model` folder (`RUN/ppo/model` → `ppo`).
+fn default_name(model: &Path) -> String {
+    let path = model.canonicalize().unwrap_or_else(|_| model.to_path_buf());
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name(&path) {
+        Some(n) if n == "model" => path.parent().and_then(name).unwrap_or(n),
+        Some(n) => n,
+        None => "ember".into(),
+    }
+}
+
 /// A running server: the engine thread and the HTTP listener.
 pub struct Server {
     address: SocketAddr,
@@ -116,15 +127,10 @@ impl Server {
         }
         let folder = ModelFolder::new(model);
         let template = folder.template()?;
-        let name = config.model_name.clone().unwrap_or_else(|| {
-            model
-                .canonicalize()
-                .ok()
-                .as_deref()
-                .unwrap_or(model)
-                .file_name()
-                .map_or_else(|| "ember".into(), |n| n.to_string_lossy().into_owned())
-        });
+        let name = config
+            .model_name
+            .clone()
+            .unwrap_or_else(|| default_name(model));
         let stop_tokens = vec![template.stop_token(), template.eos_token()];
         let loader = folder.clone();
         let engine = EngineHandle::start::<B, _>(

@@ -188,11 +188,14 @@ fn answers_whole_and_streamed_agree_with_the_library_and_count_their_tokens() {
 
     let (status, models) = get(&server, "/v1/models");
     assert_eq!(status, 200);
-    assert_eq!(models["data"][0]["id"], "model");
+    // A stage's `model` folder is named after its stage: here the temporary folder.
+    let name = dir.path().canonicalize().unwrap();
+    let name = name.file_name().unwrap().to_str().unwrap();
+    assert_eq!(models["data"][0]["id"], name);
     assert_eq!(health(&server)["status"], "ok");
 
     // Greedy, so the library's own `generate` gives the expected tokens.
-    let body = json!({"model": "model", "messages": user("the cat"), "temperature": 0,
+    let body = json!({"model": name, "messages": user("the cat"), "temperature": 0,
                       "max_tokens": 12});
     let (status, whole) = post(&server, &body);
     assert_eq!(status, 200, "{whole}");

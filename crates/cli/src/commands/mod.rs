@@ -12,6 +12,7 @@ pub mod pretrain;
 pub mod report;
 pub mod reward;
 pub mod sampling;
+pub mod serve;
 pub mod sft;
 pub mod tasks;
 pub mod tokenizer;
