@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release -p ember-serve --example load -- --model runs/pipeline/ppo/model \
 //!     [--clients 1,8,32] [--requests-per-client 4] [--max-tokens 64] [--max-batch 16] \
-//!     [--json load.json]
+//!     [--temperature 1] [--json load.json]
 //! ```
 
 use std::io::{BufRead as _, BufReader};
@@ -23,6 +23,7 @@ struct Args {
     requests_per_client: usize,
     max_tokens: usize,
     max_batch: usize,
+    temperature: f64,
     json: Option<PathBuf>,
 }
 
@@ -33,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
         requests_per_client: 4,
         max_tokens: 64,
         max_batch: 16,
+        temperature: 1.0,
         json: None,
     };
     let mut it = std::env::args().skip(1);
@@ -50,11 +52,17 @@ fn parse_args() -> Result<Args, String> {
             "--requests-per-client" => args.requests_per_client = number(value()?)?,
             "--max-tokens" => args.max_tokens = number(value()?)?,
             "--max-batch" => args.max_batch = number(value()?)?,
+            "--temperature" => {
+                let v = value()?;
+                args.temperature = v.parse().map_err(|e| format!("{v}: {e}"))?
+            }
             "--json" => args.json = Some(PathBuf::from(value()?)),
             "--help" | "-h" => {
-                return Err("usage: load --model DIR [--clients 1,8,32] [--requests-per-client N] \
-                            [--max-tokens N] [--max-batch N] [--json FILE]"
-                    .into())
+                return Err(
+                    "usage: load --model DIR [--clients 1,8,32] [--requests-per-client N] \
+                            [--max-tokens N] [--max-batch N] [--temperature T] [--json FILE]"
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other}; see --help")),
         }
@@ -172,10 +180,11 @@ fn main() {
         std::process::exit(1);
     }
     println!(
-        "model {} · max batch {} · {} requests per client · {} tokens per answer (ignore_eos) · \
-         {} threads",
+        "model {} · max batch {} · temperature {} · {} requests per client · {} tokens per \
+         answer (ignore_eos) · {} threads",
         args.model.display(),
         args.max_batch,
+        args.temperature,
         args.requests_per_client,
         args.max_tokens,
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -202,7 +211,7 @@ fn main() {
                                     "messages": [{"role": "user",
                                                   "content": prompts[(client + r) % prompts.len()]}],
                                     "max_tokens": args.max_tokens,
-                                    "temperature": 1.0,
+                                    "temperature": args.temperature,
                                     "seed": (client * 1000 + r) as u64,
                                     "ignore_eos": true,
                                     "stream": true,
@@ -225,7 +234,11 @@ fn main() {
         for error in results.iter().filter_map(|r| r.as_ref().err()).take(3) {
             eprintln!("error: {error}");
         }
-        let tokens: u64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.1).sum();
+        let tokens: u64 = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.1)
+            .sum();
         let mut ttft = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -266,7 +279,7 @@ fn main() {
     );
     if let Some(path) = &args.json {
         let report = json!({
-            "model": args.model, "max_batch": args.max_batch,
+            "model": args.model, "max_batch": args.max_batch, "temperature": args.temperature,
             "requests_per_client": args.requests_per_client, "max_tokens": args.max_tokens,
             "levels": levels, "engine": stats,
         });

@@ -16,6 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_tokenizer::{TextStream, Tokenizer};
 use ember_transformer::{Decoder, FinishReason, KvCache, Sampler, Sampling};
+use rayon::prelude::*;
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -653,9 +654,18 @@ impl<'a, B: Backend> Engine<'a, B> {
                 return;
             }
         };
+        // Each row draws from its own seeded sampler, so the rows can draw in parallel (a
+        // draw sorts the whole vocabulary: milliseconds for a real model's).
+        let tokens = rows
+            .iter_mut()
+            .map(|row| &mut row.sampler)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .zip(logits.par_chunks_exact(vocab))
+            .map(|(sampler, logits)| sampler.sample(logits))
+            .collect::<Vec<_>>();
         let mut done = vec![false; batch];
-        for (i, row) in rows.iter_mut().enumerate() {
-            let token = row.sampler.sample(&logits[i * vocab..(i + 1) * vocab]);
+        for (i, (row, token)) in rows.iter_mut().zip(tokens).enumerate() {
             counters.generated_tokens.fetch_add(1, Ordering::SeqCst);
             if row.accept(token, self.stop_tokens).is_some() {
                 counters.finished.fetch_add(1, Ordering::SeqCst);

@@ -203,7 +203,7 @@ impl Sampler {
             order.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
             order.truncate(k);
         }
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        sort_by_logit(&mut order, logits);
         let max = logits[order[0]];
         let mut weights = order
             .iter()
@@ -236,9 +236,56 @@ impl Sampler {
     }
 }
 
+/// Sorts token ids by logit, highest first, ties by id: the order of
+/// `logits[b].total_cmp(&logits[a]).then(a.cmp(&b))`, a total order, so any correct sort gives
+/// the same permutation. Sorted as one integer key per token (the logit's bits mapped to
+/// `total_cmp`'s order, then the id), which is several times faster than comparing through
+/// the logits (a 49k-token vocabulary per drawn token).
+fn sort_by_logit(order: &mut [usize], logits: &[f32]) {
+    let mut keys = order
+        .iter()
+        .map(|&i| {
+            // `f32::total_cmp`'s key: flip the magnitude bits of negatives, then the sign.
+            let bits = logits[i].to_bits();
+            let ascending = bits ^ ((((bits as i32) >> 31) as u32) >> 1) ^ 0x8000_0000;
+            (u64::from(!ascending) << 32) | i as u64
+        })
+        .collect::<Vec<_>>();
+    keys.sort_unstable();
+    for (slot, key) in order.iter_mut().zip(keys) {
+        *slot = (key & 0xffff_ffff) as usize;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_integer_sort_is_the_comparison_sort() {
+        let mut state = 9u64;
+        let mut logits = (0..5000)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((state >> 40) as f32 / 1e5 - 50.0).round() / 4.0 // many ties
+            })
+            .collect::<Vec<_>>();
+        logits.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN,
+            f32::MAX,
+            1e-42,
+        ]);
+        let mut expected = (0..logits.len()).collect::<Vec<_>>();
+        expected.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let mut got = (0..logits.len()).collect::<Vec<_>>();
+        got.reverse();
+        sort_by_logit(&mut got, &logits);
+        assert_eq!(got, expected);
+    }
 
     #[test]
     fn greedy_takes_the_argmax() {
