@@ -139,6 +139,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // As `ember serve` does (its `main` is the CLI's): large buffers stay in the process.
+    ember_train::keep_freed_memory();
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
