@@ -411,7 +411,15 @@ pub fn parse_chat_request(body: &Value, max_n: usize) -> Result<ChatRequest, Api
             format!("`n` must be between 1 and {max_n}, got {n}"),
         ));
     }
-    let seed = integer(body, "seed")?.map(|s| s as u64);
+    // OpenAI's seeds are 64-bit integers; any of them, signed or not, picks the draws.
+    let seed = match field(body, "seed") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_i64().map(|s| s as u64))
+                .ok_or_else(|| wrong_type("seed", "an integer", v))?,
+        ),
+    };
     let stream = boolean(body, "stream")?;
     let include_usage = match field(body, "stream_options") {
         None => false,
@@ -560,6 +568,9 @@ mod tests {
             "stream_options"
         );
         assert_eq!(param_of(json!({"messages": user, "model": 4})), "model");
+        assert_eq!(param_of(json!({"messages": user, "seed": 1.5})), "seed");
+        let big = parse(json!({"messages": user, "seed": u64::MAX})).unwrap();
+        assert_eq!(big.seed, Some(u64::MAX));
         assert_eq!(
             param_of(json!({"messages": user, "tools": [{"type": "function"}]})),
             "tools"

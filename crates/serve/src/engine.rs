@@ -211,8 +211,12 @@ impl EngineHandle {
         B: Backend,
         F: FnOnce() -> Result<Decoder<B>> + Send + 'static,
     {
-        if config.max_batch == 0 {
-            return Err(Error::Config("max_batch must be at least 1".into()));
+        if config.max_batch == 0 || config.queue == 0 {
+            return Err(Error::Config(format!(
+                "max_batch and queue must be at least 1 (a request waits in the queue until the \
+                 batch takes it), got {} and {}",
+                config.max_batch, config.queue
+            )));
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
