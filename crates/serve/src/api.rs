@@ -97,21 +97,13 @@ pub struct ChatRequest {
     pub ignore_eos: bool,
 }
 
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn wrong_type(param: &str, expected: &str, value: &Value) -> ApiError {
     ApiError::invalid(
         param,
-        format!("`{param}` must be {expected}, not {}", type_name(value)),
+        format!(
+            "`{param}` must be {expected}, not {}",
+            ember_instruct::formats::kind(value)
+        ),
     )
 }
 
@@ -382,7 +374,7 @@ pub fn parse_chat_request(body: &Value, max_n: usize) -> Result<ChatRequest, Api
             None,
             format!(
                 "the request body must be a JSON object, not {}",
-                type_name(body)
+                ember_instruct::formats::kind(body)
             ),
         )
     })?;
