@@ -243,6 +243,10 @@ impl EngineHandle {
                     return;
                 }
                 let mut engine = Engine {
+                    device: {
+                        use burn::module::Module as _;
+                        model.devices().into_iter().next().unwrap_or_default()
+                    },
                     model: &model,
                     tokenizer: &tokenizer,
                     stop_tokens: &stop_tokens,
@@ -462,6 +466,8 @@ impl Row<'_> {
 }
 
 struct Engine<'a, B: Backend> {
+    /// The model's device, looked up once (it walks the module tree).
+    device: B::Device,
     model: &'a Decoder<B>,
     tokenizer: &'a Tokenizer,
     stop_tokens: &'a [u32],
@@ -476,10 +482,14 @@ impl<'a, B: Backend> Engine<'a, B> {
         let mut cache = KvCache::<B>::new(n_layers);
         loop {
             // Clients that went away leave before anything else is computed for them.
-            let gone = rows.iter().filter(|r| r.events.is_closed()).count();
+            let open = rows
+                .iter()
+                .map(|r| !r.events.is_closed())
+                .collect::<Vec<_>>();
+            let gone = open.iter().filter(|&&o| !o).count();
             if gone > 0 {
                 counters.cancelled.fetch_add(gone as u64, Ordering::SeqCst);
-                self.keep(&mut rows, &mut cache, |r| !r.events.is_closed());
+                keep(&mut rows, &mut cache, &open);
             }
             let (jobs, abort, closing) = self.next_jobs(rows.len());
             if abort {
@@ -591,7 +601,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             ignore_eos: sequence.ignore_eos,
             last: 0,
         };
-        let device = self.device();
+        let device = self.device.clone();
         let mut cache = KvCache::new(self.model.config().n_layers);
         let tokens = Tensor::<B, 2, Int>::from_data(
             TensorData::new(
@@ -631,7 +641,7 @@ impl<'a, B: Backend> Engine<'a, B> {
         let vocab = self.shared.vocab_size;
         let tokens = Tensor::<B, 2, Int>::from_data(
             TensorData::new(rows.iter().map(|r| i64::from(r.last)).collect(), [batch, 1]),
-            &self.device(),
+            &self.device,
         );
         let logits = self
             .model
@@ -677,51 +687,18 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
         }
         if done.iter().any(|&d| d) {
-            let mut i = 0;
-            self.keep(rows, cache, |_| {
-                i += 1;
-                !done[i - 1]
-            });
+            keep(rows, cache, &done.iter().map(|&d| !d).collect::<Vec<_>>());
         }
     }
+}
 
-    /// Keeps the rows `keep` says yes to, and their cache rows.
-    fn keep(
-        &self,
-        rows: &mut Vec<Row<'a>>,
-        cache: &mut KvCache<B>,
-        mut keep: impl FnMut(&Row<'a>) -> bool,
-    ) {
-        let kept = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| keep(r))
-            .map(|(i, _)| i)
-            .collect::<Vec<_>>();
-        if kept.is_empty() {
-            rows.clear();
-            *cache = KvCache::new(self.model.config().n_layers);
-            return;
-        }
-        let mut i = 0;
-        rows.retain(|_| {
-            i += 1;
-            kept.binary_search(&(i - 1)).is_ok()
-        });
-        if cache.retain_rows(&kept).is_err() {
-            // Cannot happen (the rows are the cache's); start over rather than mismatch.
-            for row in rows.drain(..) {
-                row.send(Event::Aborted {
-                    index: row.index,
-                    message: "the batch's cache lost track of its rows".into(),
-                });
-            }
-            *cache = KvCache::new(self.model.config().n_layers);
-        }
-    }
-
-    fn device(&self) -> B::Device {
-        use burn::module::Module as _;
-        self.model.devices().into_iter().next().unwrap_or_default()
-    }
+/// Keeps the rows flagged `true` in `keep` (one flag per row), and their cache rows.
+fn keep<B: Backend>(rows: &mut Vec<Row<'_>>, cache: &mut KvCache<B>, keep: &[bool]) {
+    let kept = (0..rows.len()).filter(|&i| keep[i]).collect::<Vec<_>>();
+    let mut flags = keep.iter();
+    rows.retain(|_| flags.next().copied().unwrap_or(false));
+    // The indices are the cache's own rows, so this cannot fail.
+    cache
+        .retain_rows(&kept)
+        .expect("the batch's rows are its cache's rows");
 }

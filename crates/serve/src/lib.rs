@@ -244,12 +244,10 @@ impl Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let engine = self.engine.clone();
-        let grace = self.grace;
-        // The engine finishes (or aborts) what is in flight; the streams then end, and the
-        // graceful shutdown sees their connections close.
-        let finished = std::thread::spawn(move || engine.shutdown(grace));
-        let _ = finished.join();
+        // The engine finishes (or aborts) what is in flight while the runtime's workers keep
+        // streaming it; the streams then end, and the graceful shutdown sees their
+        // connections close.
+        self.engine.shutdown(self.grace);
         let served = self.served.take();
         let result = self.runtime.block_on(async {
             match served {
