@@ -385,18 +385,25 @@ impl ChatTemplate {
         Ok(())
     }
 
-    fn push_turns(&self, conversation: &Conversation, out: &mut Rendered) -> Result<()> {
+    /// Pushes every turn (the default system turn first when the conversation has none) and
+    /// returns the length of `out` after the system turn: 0 when no system turn is rendered.
+    fn push_turns(&self, conversation: &Conversation, out: &mut Rendered) -> Result<usize> {
         let has_system = conversation
             .messages
             .first()
             .is_some_and(|m| m.role == Role::System);
+        let mut preamble = 0;
         if let (Some(system), false) = (&self.spec.default_system, has_system) {
             self.push_turn(Role::System, system, out)?;
+            preamble = out.ids.len();
         }
-        for message in &conversation.messages {
+        for (i, message) in conversation.messages.iter().enumerate() {
             self.push_turn(message.role, &message.content, out)?;
+            if i == 0 && has_system {
+                preamble = out.ids.len();
+            }
         }
-        Ok(())
+        Ok(preamble)
     }
 
     fn start(&self) -> Rendered {
@@ -423,11 +430,25 @@ impl ChatTemplate {
     /// # Errors
     /// Turns out of order, or a last turn that is not the user's.
     pub fn render_prompt(&self, conversation: &Conversation) -> Result<Vec<u32>> {
+        Ok(self.render_prompt_with_preamble(conversation)?.0)
+    }
+
+    /// [`ChatTemplate::render_prompt`], and how many of the prompt's first tokens are its
+    /// preamble: the start marker and the system turn (the template's default one included),
+    /// which every conversation with that system prompt begins with, so that a server can
+    /// compute their keys and values once for all of them. 0 when no system turn is rendered.
+    ///
+    /// # Errors
+    /// Turns out of order, or a last turn that is not the user's.
+    pub fn render_prompt_with_preamble(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<(Vec<u32>, usize)> {
         Self::check(conversation, Role::User)?;
         let mut out = self.start();
-        self.push_turns(conversation, &mut out)?;
+        let preamble = self.push_turns(conversation, &mut out)?;
         out.ids.extend(self.answer_prefix());
-        Ok(out.ids)
+        Ok((out.ids, preamble))
     }
 
     /// The rendered text with the trained-on spans between `⟦` and `⟧`, so a person can see
@@ -541,6 +562,52 @@ mod tests {
         ids.extend(template.tokenizer().encode(&answer.content).unwrap());
         ids.push(template.stop_token());
         assert_eq!(ids, template.render(&full).unwrap().ids);
+    }
+
+    #[test]
+    fn the_preamble_is_the_start_and_the_system_turn() {
+        let template = template();
+        let bos = template.bos().len();
+        let prompt = |messages: Vec<Message>| {
+            let conversation = Conversation::new(messages);
+            let (ids, preamble) = template.render_prompt_with_preamble(&conversation).unwrap();
+            assert_eq!(ids, template.render_prompt(&conversation).unwrap());
+            (ids, preamble)
+        };
+        // No system turn: nothing to share.
+        let (plain, preamble) = prompt(vec![Message::user("What is 2 + 2?")]);
+        assert_eq!(preamble, 0);
+        // With one: the start, the system turn's markers and content, then the user's turn
+        // exactly as without it.
+        let (ids, preamble) = prompt(vec![
+            Message::system("Be brief."),
+            Message::user("What is 2 + 2?"),
+        ]);
+        let (start, end) = &template.markers[0];
+        let system = template.tokenizer().encode("Be brief.").unwrap();
+        assert_eq!(preamble, bos + start.len() + system.len() + end.len());
+        assert_eq!(ids[preamble..], plain[bos..]);
+        // Two conversations with that system prompt share exactly their preambles.
+        let (other, other_preamble) = prompt(vec![
+            Message::system("Be brief."),
+            Message::user("Translate into English: 无监督训练。 Translation:"),
+        ]);
+        assert_eq!(other_preamble, preamble);
+        assert_eq!(other[..preamble], ids[..preamble]);
+        // A template's default system turn is a preamble too.
+        let tokenizer = template.tokenizer().clone();
+        let defaulted = ChatTemplate::with_spec(
+            tokenizer,
+            TemplateSpec {
+                default_system: Some("Be brief.".into()),
+                ..TemplateSpec::ember()
+            },
+        )
+        .unwrap();
+        let (default_ids, default_preamble) = defaulted
+            .render_prompt_with_preamble(&Conversation::new(vec![Message::user("What is 2 + 2?")]))
+            .unwrap();
+        assert_eq!((default_ids, default_preamble), (ids, preamble));
     }
 
     #[test]

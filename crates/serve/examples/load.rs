@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release -p ember-serve --example load -- --model runs/pipeline/ppo/model \
 //!     [--clients 1,8,32] [--requests-per-client 4] [--max-tokens 64] [--max-batch 16] \
-//!     [--temperature 1] [--json load.json]
+//!     [--preambles 8] [--temperature 1] [--json load.json]
 //! ```
 
 use std::io::{BufRead as _, BufReader};
@@ -23,6 +23,7 @@ struct Args {
     requests_per_client: usize,
     max_tokens: usize,
     max_batch: usize,
+    preambles: usize,
     temperature: f64,
     json: Option<PathBuf>,
 }
@@ -34,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         requests_per_client: 4,
         max_tokens: 64,
         max_batch: 16,
+        preambles: 8,
         temperature: 1.0,
         json: None,
     };
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
             "--requests-per-client" => args.requests_per_client = number(value()?)?,
             "--max-tokens" => args.max_tokens = number(value()?)?,
             "--max-batch" => args.max_batch = number(value()?)?,
+            "--preambles" => args.preambles = number(value()?)?,
             "--temperature" => {
                 let v = value()?;
                 args.temperature = v.parse().map_err(|e| format!("{v}: {e}"))?
@@ -60,7 +63,8 @@ fn parse_args() -> Result<Args, String> {
             "--help" | "-h" => {
                 return Err(
                     "usage: load --model DIR [--clients 1,8,32] [--requests-per-client N] \
-                            [--max-tokens N] [--max-batch N] [--temperature T] [--json FILE]"
+                            [--max-tokens N] [--max-batch N] [--preambles N] [--temperature T] \
+                            [--json FILE]"
                         .into(),
                 )
             }
@@ -157,6 +161,7 @@ fn main() {
             engine: EngineConfig {
                 max_batch: args.max_batch,
                 queue: args.clients.iter().max().copied().unwrap_or(1).max(64),
+                preambles: args.preambles,
             },
             ..Default::default()
         },
@@ -182,10 +187,11 @@ fn main() {
         std::process::exit(1);
     }
     println!(
-        "model {} · max batch {} · temperature {} · {} requests per client · {} tokens per \
-         answer (ignore_eos) · {} threads",
+        "model {} · max batch {} · {} preambles kept · temperature {} · {} requests per client \
+         · {} tokens per answer (ignore_eos) · {} threads",
         args.model.display(),
         args.max_batch,
+        args.preambles,
         args.temperature,
         args.requests_per_client,
         args.max_tokens,
@@ -275,9 +281,13 @@ fn main() {
         );
     }
     println!(
-        "engine: {} steps, {} of them batched, at most {} sequences in one step; RSS at start \
-         {memory_before_load:.0} MiB",
-        stats.steps, stats.batched_steps, stats.max_batch_seen
+        "engine: {} steps, {} of them batched, at most {} sequences in one step; {} of {} \
+         prompt tokens from kept preambles; RSS at start {memory_before_load:.0} MiB",
+        stats.steps,
+        stats.batched_steps,
+        stats.max_batch_seen,
+        stats.cached_prompt_tokens,
+        stats.prompt_tokens
     );
     if let Some(path) = &args.json {
         let report = json!({

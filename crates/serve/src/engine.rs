@@ -28,6 +28,11 @@ use crate::{Error, Result};
 pub struct Sequence {
     /// The prompt's tokens (the chat template already applied).
     pub prompt: Vec<u32>,
+    /// How many of the prompt's first tokens are a preamble that other prompts share (the
+    /// start and system turn: `ChatTemplate::render_prompt_with_preamble`); 0 for none. The
+    /// engine computes a preamble's keys and values on their own and keeps them for the next
+    /// sequence that starts with it, so the answer is the same whether they were kept or not.
+    pub prefix: usize,
     /// New tokens at most; the engine also stops where the context ends.
     pub max_new_tokens: usize,
     /// How each token is drawn.
@@ -77,6 +82,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Sequences waiting for a place in the batch, at most; beyond, a submission is refused.
     pub queue: usize,
+    /// Preambles whose keys and values are kept (the least recently used leaves first); 0
+    /// keeps none (each sequence computes its preamble again).
+    pub preambles: usize,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +92,7 @@ impl Default for EngineConfig {
         Self {
             max_batch: 16,
             queue: 64,
+            preambles: 8,
         }
     }
 }
@@ -122,8 +131,10 @@ pub struct Stats {
     pub max_batch_seen: usize,
     /// Tokens generated (first tokens from the prefill included).
     pub generated_tokens: u64,
-    /// Prompt tokens prefilled.
+    /// Prompt tokens of the sequences started.
     pub prompt_tokens: u64,
+    /// Of those, preamble tokens whose keys and values were kept from an earlier sequence.
+    pub cached_prompt_tokens: u64,
     /// Sequences that ended (stop or length).
     pub finished: u64,
     /// Sequences dropped because their client went away.
@@ -140,6 +151,7 @@ struct Counters {
     max_batch_seen: AtomicUsize,
     generated_tokens: AtomicU64,
     prompt_tokens: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
     finished: AtomicU64,
     cancelled: AtomicU64,
     aborted: AtomicU64,
@@ -251,6 +263,8 @@ impl EngineHandle {
                     tokenizer: &tokenizer,
                     stop_tokens: &stop_tokens,
                     shared: &shared,
+                    preambles: Vec::new(),
+                    uses: 0,
                 };
                 engine.run();
                 shared.stopped.store(true, Ordering::SeqCst);
@@ -368,6 +382,7 @@ impl EngineHandle {
             max_batch_seen: c.max_batch_seen.load(Ordering::SeqCst),
             generated_tokens: c.generated_tokens.load(Ordering::SeqCst),
             prompt_tokens: c.prompt_tokens.load(Ordering::SeqCst),
+            cached_prompt_tokens: c.cached_prompt_tokens.load(Ordering::SeqCst),
             finished: c.finished.load(Ordering::SeqCst),
             cancelled: c.cancelled.load(Ordering::SeqCst),
             aborted: c.aborted.load(Ordering::SeqCst),
@@ -472,6 +487,10 @@ struct Engine<'a, B: Backend> {
     tokenizer: &'a Tokenizer,
     stop_tokens: &'a [u32],
     shared: &'a Shared,
+    /// Kept preambles: their tokens, keys and values (one row), and when last used.
+    preambles: Vec<(Vec<u32>, KvCache<B>, u64)>,
+    /// Preamble lookups so far (the clock of `preambles`).
+    uses: u64,
 }
 
 impl<'a, B: Backend> Engine<'a, B> {
@@ -567,9 +586,48 @@ impl<'a, B: Backend> Engine<'a, B> {
         }
     }
 
-    /// Runs the prompt alone, draws the first token; `None` when the sequence already ended
-    /// (or failed).
-    fn prefill(&self, job: Job) -> Option<(Row<'a>, KvCache<B>)> {
+    /// The keys and values of `tokens` (a preamble), kept or computed on their own (and
+    /// kept).
+    fn preamble(&mut self, tokens: &[u32]) -> KvCache<B> {
+        self.uses += 1;
+        if let Some((_, cache, used)) = self.preambles.iter_mut().find(|p| p.0 == tokens) {
+            *used = self.uses;
+            self.shared
+                .counters
+                .cached_prompt_tokens
+                .fetch_add(tokens.len() as u64, Ordering::SeqCst);
+            // A clone shares the buffers; the sequence's own tokens are written to a copy.
+            return cache.clone();
+        }
+        let mut cache = KvCache::new(self.model.config().n_layers);
+        self.model.prefill(self.prompt_tensor(tokens), &mut cache);
+        let room = self.shared.config.preambles;
+        if room > 0 {
+            if self.preambles.len() >= room {
+                let oldest = (0..self.preambles.len())
+                    .min_by_key(|&i| self.preambles[i].2)
+                    .unwrap_or(0);
+                self.preambles.swap_remove(oldest);
+            }
+            self.preambles
+                .push((tokens.to_vec(), cache.clone(), self.uses));
+        }
+        cache
+    }
+
+    fn prompt_tensor(&self, tokens: &[u32]) -> Tensor<B, 2, Int> {
+        Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                tokens.iter().map(|&t| i64::from(t)).collect(),
+                [1, tokens.len()],
+            ),
+            &self.device,
+        )
+    }
+
+    /// Runs the prompt alone (after its preamble), draws the first token; `None` when the
+    /// sequence already ended (or failed).
+    fn prefill(&mut self, job: Job) -> Option<(Row<'a>, KvCache<B>)> {
         let counters = &self.shared.counters;
         let Job {
             sequence,
@@ -601,15 +659,14 @@ impl<'a, B: Backend> Engine<'a, B> {
             ignore_eos: sequence.ignore_eos,
             last: 0,
         };
-        let device = self.device.clone();
-        let mut cache = KvCache::new(self.model.config().n_layers);
-        let tokens = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(
-                sequence.prompt.iter().map(|&t| i64::from(t)).collect(),
-                [1, prompt_len],
-            ),
-            &device,
-        );
+        // At least the last token is the sequence's own: its logits give the first token.
+        let split = sequence.prefix.min(prompt_len - 1);
+        let mut cache = if split > 0 {
+            self.preamble(&sequence.prompt[..split])
+        } else {
+            KvCache::new(self.model.config().n_layers)
+        };
+        let tokens = self.prompt_tensor(&sequence.prompt[split..]);
         let logits = self.model.forward_cached_last(tokens, &mut cache);
         counters
             .prompt_tokens

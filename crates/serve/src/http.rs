@@ -225,9 +225,9 @@ fn prepare(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
         }
     }
     let conversation = Conversation::new(request.messages);
-    let prompt = state
+    let (prompt, preamble) = state
         .template
-        .render_prompt(&conversation)
+        .render_prompt_with_preamble(&conversation)
         .map_err(|error| ApiError::invalid("messages", error.to_string()))?;
     let context = state.engine.context();
     if prompt.len() >= context {
@@ -251,6 +251,7 @@ fn prepare(state: &AppState, bytes: &[u8]) -> Result<Prepared, ApiError> {
     let sequences = (0..request.n)
         .map(|i| Sequence {
             prompt: prompt.clone(),
+            prefix: preamble,
             max_new_tokens,
             sampling: request.sampling,
             seed: seed.wrapping_add(i as u64),

@@ -325,6 +325,69 @@ fn a_seeded_request_gives_the_same_answer_alone_and_batched_with_others() {
     server.shutdown().unwrap();
 }
 
+#[test]
+fn a_kept_system_prompt_gives_the_answers_of_one_computed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = model_folder(dir.path(), 256, 32);
+    let keeping = start(&folder, ServeConfig::default());
+    let forgetting = start(
+        &folder,
+        ServeConfig {
+            engine: EngineConfig {
+                preambles: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let ask = |server: &Server, system: &str, prompt: &str, seed: u64| {
+        let mut body = sampled(prompt, seed, 30);
+        body["messages"] = json!([{"role": "system", "content": system},
+                                  {"role": "user", "content": prompt}]);
+        text_of(&post(server, &body).1, 0)
+    };
+    let requests = [
+        ("Be brief.", "the cat sat", 3),
+        ("Be brief.", "on the mat", 4),
+        ("Be kind.", "the cat sat", 3),
+        ("Be brief.", "the cat sat", 3),
+        ("Be kind.", "2 + 3 =", 5),
+    ];
+    let kept = requests
+        .iter()
+        .map(|&(system, prompt, seed)| ask(&keeping, system, prompt, seed))
+        .collect::<Vec<_>>();
+    let computed = requests
+        .iter()
+        .map(|&(system, prompt, seed)| ask(&forgetting, system, prompt, seed))
+        .collect::<Vec<_>>();
+    assert_eq!(kept, computed);
+    assert_eq!(kept[3], kept[0]);
+    assert_ne!(kept[0], kept[2], "the system prompt is part of the prompt");
+    // The second, fourth and fifth requests found their system turn kept.
+    let template = folder.template().unwrap();
+    let preamble = |system: &str| {
+        template
+            .render_prompt_with_preamble(&Conversation::new(vec![
+                Message::system(system),
+                Message::user("x"),
+            ]))
+            .unwrap()
+            .1
+    };
+    let (brief, kind) = (preamble("Be brief."), preamble("Be kind."));
+    assert!(brief > 0 && kind > 0);
+    assert_eq!(
+        health(&keeping)["cached_prompt_tokens"],
+        2 * brief + kind,
+        "{}",
+        health(&keeping)
+    );
+    assert_eq!(health(&forgetting)["cached_prompt_tokens"], 0);
+    keeping.shutdown().unwrap();
+    forgetting.shutdown().unwrap();
+}
+
 fn assert_error(status: u16, body: &Value, expected: u16, param: Option<&str>, code: Option<&str>) {
     assert_eq!(status, expected, "{body}");
     let error = &body["error"];
@@ -450,6 +513,7 @@ fn a_full_queue_is_429_and_a_client_that_leaves_mid_stream_frees_its_slot() {
             engine: EngineConfig {
                 max_batch: 1,
                 queue: 1,
+                ..Default::default()
             },
             max_n: 1,
             ..Default::default()

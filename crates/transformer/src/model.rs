@@ -249,6 +249,16 @@ impl<B: Backend> Decoder<B> {
             .reshape([batch, self.config.vocab_size])
     }
 
+    /// Appends the keys and values of `tokens` (`[batch, seq]`) to `cache`, after those it
+    /// holds, without the language-model head: for a prompt's start that no token is drawn
+    /// from (a server's shared preamble).
+    ///
+    /// # Panics
+    /// If the cache would grow past `max_seq_len`.
+    pub fn prefill(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) {
+        let _ = self.cached_blocks(tokens, cache);
+    }
+
     /// The blocks' output for `tokens` after those in `cache` (before the final norm), their
     /// keys and values appended to it.
     fn cached_blocks(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {

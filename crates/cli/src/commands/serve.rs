@@ -35,6 +35,10 @@ pub struct Args {
     /// Sequences waiting for a place in the batch, at most; beyond, requests get 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// System prompts whose keys and values are kept, so that the conversations that begin
+    /// with one skip computing it (0: none kept). Answers are the same either way.
+    #[arg(long, default_value_t = 8)]
+    pub preambles: usize,
     /// New tokens per answer when a request gives no max_tokens (never past the context).
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         engine: EngineConfig {
             max_batch: args.max_batch,
             queue: args.queue,
+            preambles: args.preambles,
         },
         max_body_bytes: args.max_body_bytes,
         default_max_tokens: args.max_tokens,
