@@ -1,6 +1,7 @@
 //! Continuous batching: one thread owns the model and runs decoding steps for every sequence
-//! in flight. A new sequence is prefilled alone (its first token drawn from it) and joins the
-//! running batch before the next step; a finished or abandoned one leaves it at once, its KV
+//! in flight. A new sequence is prefilled alone (its first token drawn from it; a preamble it
+//! shares with others, such as the system turn, computed on its own once and kept) and joins
+//! the running batch before the next step; a finished or abandoned one leaves it at once, its KV
 //! cache rows with it. Each sequence has its own sampler and seed, and a left-padded row is
 //! computed exactly as it would be alone (flex's decode kernel starts at its first key;
 //! matrix products of up to 16 rows compute every row on its own), so a seeded request gives
