@@ -488,10 +488,17 @@ struct Engine<'a, B: Backend> {
     tokenizer: &'a Tokenizer,
     stop_tokens: &'a [u32],
     shared: &'a Shared,
-    /// Kept preambles: their tokens, keys and values (one row), and when last used.
-    preambles: Vec<(Vec<u32>, KvCache<B>, u64)>,
+    /// Kept preambles, at most `EngineConfig::preambles`.
+    preambles: Vec<Preamble<B>>,
     /// Preamble lookups so far (the clock of `preambles`).
     uses: u64,
+}
+
+/// A kept preamble: its tokens, their keys and values (one row), and when it was last used.
+struct Preamble<B: Backend> {
+    tokens: Vec<u32>,
+    cache: KvCache<B>,
+    used: u64,
 }
 
 impl<'a, B: Backend> Engine<'a, B> {
@@ -502,12 +509,13 @@ impl<'a, B: Backend> Engine<'a, B> {
         let mut cache = KvCache::<B>::new(n_layers);
         loop {
             // Clients that went away leave before anything else is computed for them.
-            let open = rows
-                .iter()
-                .map(|r| !r.events.is_closed())
-                .collect::<Vec<_>>();
-            let gone = open.iter().filter(|&&o| !o).count();
-            if gone > 0 {
+            if rows.iter().any(|r| r.events.is_closed()) {
+                // Flags and count from one look: a client may leave at any moment.
+                let open = rows
+                    .iter()
+                    .map(|r| !r.events.is_closed())
+                    .collect::<Vec<_>>();
+                let gone = open.iter().filter(|&&o| !o).count();
                 counters.cancelled.fetch_add(gone as u64, Ordering::SeqCst);
                 keep(&mut rows, &mut cache, &open);
             }
@@ -591,14 +599,14 @@ impl<'a, B: Backend> Engine<'a, B> {
     /// kept).
     fn preamble(&mut self, tokens: &[u32]) -> KvCache<B> {
         self.uses += 1;
-        if let Some((_, cache, used)) = self.preambles.iter_mut().find(|p| p.0 == tokens) {
-            *used = self.uses;
+        if let Some(kept) = self.preambles.iter_mut().find(|p| p.tokens == tokens) {
+            kept.used = self.uses;
             self.shared
                 .counters
                 .cached_prompt_tokens
                 .fetch_add(tokens.len() as u64, Ordering::SeqCst);
             // A clone shares the buffers; the sequence's own tokens are written to a copy.
-            return cache.clone();
+            return kept.cache.clone();
         }
         let mut cache = KvCache::new(self.model.config().n_layers);
         self.model.prefill(self.prompt_tensor(tokens), &mut cache);
@@ -606,12 +614,15 @@ impl<'a, B: Backend> Engine<'a, B> {
         if room > 0 {
             if self.preambles.len() >= room {
                 let oldest = (0..self.preambles.len())
-                    .min_by_key(|&i| self.preambles[i].2)
+                    .min_by_key(|&i| self.preambles[i].used)
                     .unwrap_or(0);
                 self.preambles.swap_remove(oldest);
             }
-            self.preambles
-                .push((tokens.to_vec(), cache.clone(), self.uses));
+            self.preambles.push(Preamble {
+                tokens: tokens.to_vec(),
+                cache: cache.clone(),
+                used: self.uses,
+            });
         }
         cache
     }
