@@ -7,8 +7,12 @@
 //! ```text
 //! cargo run --release -p ember-serve --example load -- --model runs/pipeline/ppo/model \
 //!     [--clients 1,8,32] [--requests-per-client 4] [--max-tokens 64] [--max-batch 16] \
-//!     [--preambles 8] [--temperature 1] [--json load.json]
+//!     [--preambles 8] [--temperature 1] [--packed-weights on|off] [--json load.json]
 //! ```
+//!
+//! Each level also reports the CPU time the hypervisor stole from this machine meanwhile
+//! (`steal` in `/proc/stat`, as a share of all CPU time; Linux), so that a round on a
+//! contended host can be told from one on a quiet host.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -25,6 +29,7 @@ struct Args {
     max_batch: usize,
     preambles: usize,
     temperature: f64,
+    packed_weights: bool,
     json: Option<PathBuf>,
 }
 
@@ -37,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         max_batch: 16,
         preambles: 8,
         temperature: 1.0,
+        packed_weights: true,
         json: None,
     };
     let mut it = std::env::args().skip(1);
@@ -59,12 +65,19 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 args.temperature = v.parse().map_err(|e| format!("{v}: {e}"))?
             }
+            "--packed-weights" => {
+                args.packed_weights = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--packed-weights takes on or off, not {other}")),
+                }
+            }
             "--json" => args.json = Some(PathBuf::from(value()?)),
             "--help" | "-h" => {
                 return Err(
                     "usage: load --model DIR [--clients 1,8,32] [--requests-per-client N] \
                             [--max-tokens N] [--max-batch N] [--preambles N] [--temperature T] \
-                            [--json FILE]"
+                            [--packed-weights on|off] [--json FILE]"
                         .into(),
                 )
             }
@@ -90,6 +103,25 @@ fn rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// (steal, total) CPU time of the machine so far, in clock ticks (`/proc/stat`; zeros
+/// elsewhere).
+fn cpu_ticks() -> (u64, u64) {
+    let Some(line) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+    else {
+        return (0, 0);
+    };
+    let ticks = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .collect::<Vec<_>>();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guests are in user.
+    let total = ticks.iter().take(8).sum();
+    (ticks.get(7).copied().unwrap_or(0), total)
 }
 
 /// One streamed request: (time to first token, completion tokens), or an error.
@@ -152,6 +184,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if !args.packed_weights {
+        ember_transformer::set_packed_weights_limit(0);
+    }
     let memory_before_load = rss_mib();
     let server = match Server::start::<burn::backend::Flex>(
         &args.model,
@@ -188,24 +223,26 @@ fn main() {
     }
     println!(
         "model {} · max batch {} · {} preambles kept · temperature {} · {} requests per client \
-         · {} tokens per answer (ignore_eos) · {} threads",
+         · {} tokens per answer (ignore_eos) · packed weights {} · {} threads",
         args.model.display(),
         args.max_batch,
         args.preambles,
         args.temperature,
         args.requests_per_client,
         args.max_tokens,
+        if args.packed_weights { "on" } else { "off" },
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
     println!(
         "| clients | requests | tokens | seconds | tokens/s | TTFT p50 ms | TTFT p99 ms | errors | \
-         RSS before MiB | RSS after MiB |"
+         RSS before MiB | RSS after MiB | CPU stolen |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut levels = Vec::new();
     for &clients in &args.clients {
         let memory_before = rss_mib();
+        let ticks_before = cpu_ticks();
         let start = Instant::now();
         let results = std::thread::scope(|scope| {
             let handles = (0..clients)
@@ -238,6 +275,9 @@ fn main() {
         });
         let seconds = start.elapsed().as_secs_f64();
         let memory_after = rss_mib();
+        let ticks_after = cpu_ticks();
+        let stolen = (ticks_after.0 - ticks_before.0) as f64
+            / (ticks_after.1 - ticks_before.1).max(1) as f64;
         let errors = results.iter().filter(|r| r.is_err()).count();
         for error in results.iter().filter_map(|r| r.as_ref().err()).take(3) {
             eprintln!("error: {error}");
@@ -257,14 +297,16 @@ fn main() {
         let (p50, p99) = (percentile(&ttft, 50.0), percentile(&ttft, 99.0));
         println!(
             "| {clients} | {} | {tokens} | {seconds:.2} | {throughput:.1} | {p50:.0} | {p99:.0} | \
-             {errors} | {memory_before:.0} | {memory_after:.0} |",
-            results.len()
+             {errors} | {memory_before:.0} | {memory_after:.0} | {:.0} % |",
+            results.len(),
+            100.0 * stolen
         );
         levels.push(json!({
             "clients": clients, "requests": results.len(), "tokens": tokens,
             "seconds": seconds, "tokens_per_second": throughput,
             "ttft_p50_ms": p50, "ttft_p99_ms": p99, "errors": errors,
             "rss_before_mib": memory_before, "rss_after_mib": memory_after,
+            "cpu_stolen": stolen,
         }));
     }
     let stats = server.engine().stats();
@@ -293,7 +335,7 @@ fn main() {
         let report = json!({
             "model": args.model, "max_batch": args.max_batch, "temperature": args.temperature,
             "requests_per_client": args.requests_per_client, "max_tokens": args.max_tokens,
-            "levels": levels, "engine": stats,
+            "packed_weights": args.packed_weights, "levels": levels, "engine": stats,
         });
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         if let Err(error) = std::fs::write(path, text + "\n") {

@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub no_generation: bool,
     /// Instead of the shapes: greedy generation of this model folder (from `ember import`,
-    /// a pipeline run…) at batch 1 and 8, a ChatML or Ember prompt, `--new-tokens` each.
+    /// a pipeline run…) at batch 1, 8 and 16, a ChatML or Ember prompt, `--new-tokens` each.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
     /// GPT-2-shaped models (learned positions, LayerNorm, GELU: the PyTorch peer's) or
@@ -52,6 +52,11 @@ pub struct Args {
     /// `off` runs burn's own ops there, for comparison. No effect on wgpu and cuda.
     #[arg(long, value_enum, default_value = "on")]
     pub kernels: Kernels,
+    /// Decoding on the cpu device with the weight matrices packed into column panels, read
+    /// once per step for every row (`on`), or multiplied as they are stored (`off`), for
+    /// comparison. The same tokens either way.
+    #[arg(long, value_enum, default_value = "on")]
+    pub packed_weights: Kernels,
     /// The float type of every tensor: parameters, activations, gradients and the optimizer's
     /// state (burn 0.21 has no mixed-precision autocast). `bf16` needs a backend that supports
     /// it (cuda; flex emulates it through f32, slowly).
@@ -109,6 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     ember_transformer::set_flex_kernels(args.kernels == Kernels::On);
+    if args.packed_weights == Kernels::Off {
+        ember_transformer::set_packed_weights_limit(0);
+    }
     if let Some(model) = &args.model {
         let model = model.clone();
         return with_backend!(args.device, |B, AD, device| model_generation::<B>(
@@ -312,7 +320,7 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Greedy generation of a model folder at batch 1 and 8: the same chat prompt in every row,
+/// Greedy generation of a model folder at batch 1, 8 and 16: the same chat prompt in every row,
 /// exactly `--new-tokens` new tokens (no stop token), after a short warm-up. The peer is
 /// `scripts/parity/generate_bench.py` (transformers on the same model).
 fn model_generation<B: Backend>(
@@ -335,7 +343,7 @@ generation of {}, {}-token prompt, {new_tokens} new tokens, greedy:",
         prompt.len()
     );
     println!("{:<8} {:>14} {:>10}", "batch", "tokens/s", "seconds");
-    for batch in [1, 8] {
+    for batch in [1, 8, 16] {
         let prompts = vec![prompt.clone(); batch];
         let config = GenerateConfig {
             max_new_tokens: new_tokens,

@@ -287,6 +287,220 @@ impl RowsTimesTransposed<'_> {
     }
 }
 
+
+/// Floats per column panel of a [`Packed`] matrix: two vectors of AVX2, one of AVX-512.
+const PANEL: usize = 16;
+
+/// A `[k, n]` weight matrix laid out for [`rows_times_packed`]: its columns in panels of
+/// [`PANEL`], each panel's `k` rows of `PANEL` values one after another, so that a panel is one
+/// contiguous run that the kernel reads once for every row of the input.
+pub(crate) struct Packed {
+    k: usize,
+    n: usize,
+    /// Columns `0..whole` (`n` rounded down to [`PANEL`]), panel after panel, each `[k, PANEL]`.
+    panels: Vec<f32>,
+    /// Columns `whole..n` as `[k, n - whole]`, row-major.
+    rest: Vec<f32>,
+}
+
+impl Packed {
+    /// Packs `w` (`[k, n]`, row-major).
+    pub(crate) fn new(w: &[f32], n: usize) -> Self {
+        let k = w.len().checked_div(n).unwrap_or(0);
+        let whole = n / PANEL * PANEL;
+        let mut panels = vec![0.0; k * whole];
+        panels
+            .par_chunks_mut((k * PANEL).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    row.copy_from_slice(&w[i * n + p * PANEL..i * n + (p + 1) * PANEL]);
+                }
+            });
+        let mut rest = Vec::with_capacity(k * (n - whole));
+        for i in 0..k {
+            rest.extend_from_slice(&w[i * n + whole..(i + 1) * n]);
+        }
+        Packed { k, n, panels, rest }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        4 * (self.panels.len() + self.rest.len())
+    }
+}
+
+/// `x · w (+ bias)` for a packed `w`: the same values as [`rows_times`], bit for bit (each
+/// output starts from its bias or 0 and adds its products in order of `k`, fused, as there).
+pub(crate) fn rows_times_packed(
+    x: &[f32],
+    rows: usize,
+    w: &Packed,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    debug_assert_eq!(x.len(), rows * w.k);
+    by_columns(rows, w.n, rows * w.k * w.n, |cols, out| {
+        Arch::new().dispatch(PackedTimes {
+            x,
+            rows,
+            w,
+            bias,
+            cols,
+            out,
+        });
+    })
+}
+
+struct PackedTimes<'a> {
+    x: &'a [f32],
+    rows: usize,
+    w: &'a Packed,
+    bias: Option<&'a [f32]>,
+    cols: Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for PackedTimes<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        match S::as_simd_f32s(&[0.0f32; PANEL]) {
+            (v, []) if v.len() == 1 => self.run::<S, 1>(simd),
+            (v, []) if v.len() == 2 => self.run::<S, 2>(simd),
+            (v, []) if v.len() == 4 => self.run::<S, 4>(simd),
+            // Vectors that do not tile a panel (no target has them today): plain floats.
+            _ => self.run::<pulp::Scalar, PANEL>(pulp::Scalar::new()),
+        }
+    }
+}
+
+impl PackedTimes<'_> {
+    /// `NV` vectors of `S` per panel row.
+    #[inline(always)]
+    fn run<S: Simd, const NV: usize>(mut self, simd: S) {
+        let (k, n, width) = (self.w.k, self.w.n, self.cols.len());
+        let whole = n / PANEL * PANEL;
+        let panel_end = self.cols.end.min(whole);
+        for row in self.out.chunks_exact_mut(width.max(1)) {
+            match self.bias {
+                Some(bias) => row[..panel_end - self.cols.start]
+                    .copy_from_slice(&bias[self.cols.start..panel_end]),
+                None => row.fill(0.0),
+            }
+        }
+        // Tiles of up to six rows by one panel; fewer rows take several panels at once, so
+        // that enough sums are under way to hide the multiply-add's latency.
+        let mut col = self.cols.start;
+        while col < panel_end {
+            let mut row = 0;
+            while row + 6 <= self.rows {
+                self.tile::<S, 6, NV, 1>(simd, row, col);
+                row += 6;
+            }
+            match self.rows - row {
+                5 => self.tile::<S, 5, NV, 1>(simd, row, col),
+                4 => self.tile::<S, 4, NV, 1>(simd, row, col),
+                3 => self.tiles::<S, 3, NV, 2>(simd, row, col, panel_end),
+                2 => self.tiles::<S, 2, NV, 2>(simd, row, col, panel_end),
+                1 => self.tiles::<S, 1, NV, 4>(simd, row, col, panel_end),
+                _ => {}
+            }
+            col += PANEL;
+        }
+        // The columns past the last whole panel (in the last range of columns): the row-major
+        // kernel on their own copy, with vectors from the same column on as it would have.
+        if self.cols.end > whole {
+            let rest = n - whole;
+            let mut out = vec![0.0; self.rows * rest];
+            RowsTimes {
+                x: self.x,
+                rows: self.rows,
+                k,
+                w: &self.w.rest,
+                n: rest,
+                bias: self.bias.map(|b| &b[whole..]),
+                cols: 0..rest,
+                out: &mut out,
+            }
+            .with_simd(simd);
+            let at = whole - self.cols.start;
+            for (row, values) in out.chunks_exact(rest).enumerate() {
+                self.out[row * width + at..(row + 1) * width].copy_from_slice(values);
+            }
+        }
+    }
+
+    /// [`tile`](Self::tile) of `P` panels from column `col` on when as many lie before
+    /// `end`, else of one; a no-op on the columns a previous call of `P` panels covered.
+    #[inline(always)]
+    fn tiles<S: Simd, const R: usize, const NV: usize, const P: usize>(
+        &mut self,
+        simd: S,
+        first: usize,
+        col: usize,
+        end: usize,
+    ) {
+        let index = (col - self.cols.start) / PANEL;
+        if index % P != 0 {
+            return;
+        }
+        if col + P * PANEL <= end {
+            self.tile::<S, R, NV, P>(simd, first, col);
+        } else {
+            let mut c = col;
+            while c < end {
+                self.tile::<S, R, NV, 1>(simd, first, c);
+                c += PANEL;
+            }
+        }
+    }
+
+    /// Rows `first..first + R` of the output on the `P` panels from column `col`: all `k`
+    /// products of each output added in registers.
+    #[inline(always)]
+    fn tile<S: Simd, const R: usize, const NV: usize, const P: usize>(
+        &mut self,
+        simd: S,
+        first: usize,
+        col: usize,
+    ) {
+        let (k, width) = (self.w.k, self.cols.len());
+        let at = col - self.cols.start;
+        let panels: [&[S::f32s]; P] = std::array::from_fn(|p| {
+            let c = col + p * PANEL;
+            S::as_simd_f32s(&self.w.panels[c * k..(c + PANEL) * k]).0
+        });
+        let xs: [&[f32]; R] =
+            std::array::from_fn(|r| &self.x[(first + r) * k..(first + r + 1) * k]);
+        let mut acc: [[[S::f32s; NV]; P]; R] = std::array::from_fn(|r| {
+            std::array::from_fn(|p| {
+                let start = (first + r) * width + at + p * PANEL;
+                let o = S::as_simd_f32s(&self.out[start..start + PANEL]).0;
+                std::array::from_fn(|v| o[v])
+            })
+        });
+        for i in 0..k {
+            let w: [[S::f32s; NV]; P] =
+                std::array::from_fn(|p| std::array::from_fn(|v| panels[p][i * NV + v]));
+            for r in 0..R {
+                let x = simd.splat_f32s(xs[r][i]);
+                for p in 0..P {
+                    for v in 0..NV {
+                        acc[r][p][v] = simd.mul_add_f32s(x, w[p][v], acc[r][p][v]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (p, acc) in acc.iter().enumerate() {
+                let start = (first + r) * width + at + p * PANEL;
+                let o = S::as_mut_simd_f32s(&mut self.out[start..start + PANEL]).0;
+                o[..NV].copy_from_slice(acc);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +564,81 @@ mod tests {
                     "row {r} col {j} (transposed)"
                 );
             }
+        }
+    }
+
+    /// The packed kernel gives the row-major one's values bit for bit (so a decoder reads the
+    /// same logits whichever it takes), on sizes with partial panels, a lone rest, rows
+    /// beyond a group of six, and the threaded path.
+    #[test]
+    fn packed_weights_give_the_same_values_bit_for_bit() {
+        let sizes = SIZES.iter().copied().chain([(16, 576, 960), (13, 40, 15), (2, 7, 48)]);
+        for (seed, (rows, k, n)) in sizes.enumerate() {
+            let (x, w, bias) = (
+                values(rows * k, 400 + seed as u64),
+                values(k * n, 500 + seed as u64),
+                values(n, 600 + seed as u64),
+            );
+            let packed = Packed::new(&w, n);
+            assert_eq!(packed.bytes(), 4 * k * n);
+            for bias in [None, Some(bias.as_slice())] {
+                let want = rows_times(&x, rows, &w, n, bias);
+                let got = rows_times_packed(&x, rows, &packed, bias);
+                for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "[{rows}×{k}]·[{k}×{n}] at ({}, {}) with bias {}: {a} vs {b}",
+                        j / n,
+                        j % n,
+                        bias.is_some()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zz_bench() {
+        if std::env::var("EMBER_KBENCH").is_err() {
+            return;
+        }
+        let layers = 30;
+        let shapes = [(576, 960), (576, 576), (576, 1536), (576, 1536), (1536, 576)];
+        let ws: Vec<Vec<f32>> = (0..layers * shapes.len())
+            .map(|i| values(shapes[i % 5].0 * shapes[i % 5].1, i as u64))
+            .collect();
+        let ps: Vec<Packed> = ws.iter().enumerate().map(|(i, w)| Packed::new(w, shapes[i % 5].1)).collect();
+        for rows in [1usize, 4, 8, 16] {
+            let xs: Vec<Vec<f32>> = [576usize, 1536].iter().map(|&k| values(rows * k, 9)).collect();
+            let mut best = [f64::MAX; 2];
+            for _ in 0..7 {
+                for variant in 0..2 {
+                    let t = std::time::Instant::now();
+                    let mut sink = 0.0f32;
+                    for (i, w) in ws.iter().enumerate() {
+                        let (k, n) = shapes[i % 5];
+                        let x = &xs[(k == 1536) as usize];
+                        let y = if variant == 0 {
+                            rows_times(x, rows, w, n, None)
+                        } else {
+                            rows_times_packed(x, rows, &ps[i], None)
+                        };
+                        sink += y[0];
+                    }
+                    std::hint::black_box(sink);
+                    best[variant] = best[variant].min(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let e = values(49152 * 576, 77);
+            let mut head = f64::MAX;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                std::hint::black_box(rows_times_transposed(&xs[0], rows, &e, 49152));
+                head = head.min(t.elapsed().as_secs_f64() * 1e3);
+            }
+            eprintln!("rows {rows:2}: head {head:7.2} ms");
+            eprintln!("rows {rows:2}: row-major {:7.2} ms  packed {:7.2} ms  ({:.2}x)", best[0], best[1], best[0] / best[1]);
         }
     }
 
