@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release -p ember-serve --example load -- --model runs/pipeline/ppo/model \
-//!     [--clients 1,8,32] [--requests-per-client 4] [--max-tokens 64] [--max-batch 16] \
+//!     [--clients 1,8,32] [--requests-per-client 4] [--max-tokens 64] [--max-batch 32] \
 //!     [--preambles 8] [--temperature 1] [--packed-weights on|off] [--json load.json]
 //! ```
 //!
@@ -39,7 +39,7 @@ fn parse_args() -> Result<Args, String> {
         clients: vec![1, 8, 32],
         requests_per_client: 4,
         max_tokens: 64,
-        max_batch: 16,
+        max_batch: 32,
         preambles: 8,
         temperature: 1.0,
         packed_weights: true,

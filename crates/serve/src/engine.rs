@@ -3,9 +3,10 @@
 //! shares with others, such as the system turn, computed on its own once and kept) and joins
 //! the running batch before the next step; a finished or abandoned one leaves it at once, its KV
 //! cache rows with it. Each sequence has its own sampler and seed, and a left-padded row is
-//! computed exactly as it would be alone (flex's decode kernel starts at its first key;
-//! matrix products of up to 16 rows compute every row on its own), so a seeded request gives
-//! the same answer alone or among others.
+//! computed exactly as it would be alone (flex's decode kernel starts at its first key; the
+//! engine's thread sends matrix products of up to `max_batch` rows to the few-rows kernels,
+//! which compute every row on its own), so a seeded request gives the same answer alone or
+//! among others.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -91,7 +92,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_batch: 16,
+            max_batch: 32,
             queue: 64,
             preambles: 8,
         }
@@ -235,6 +236,9 @@ impl EngineHandle {
         let thread = std::thread::Builder::new()
             .name("ember-engine".into())
             .spawn(move || {
+                // Every step of up to `max_batch` rows through the few-rows kernels: each
+                // row's values are then those it has alone (and they are the faster ones).
+                ember_transformer::set_few_rows_limit(config.max_batch.max(16));
                 let model = match load() {
                     Ok(model) => model,
                     Err(error) => {

@@ -24,6 +24,7 @@ pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, G
 pub use init::{fresh_ids, linear, materialize};
 #[cfg(feature = "flex")]
 pub use kernels::flex::{set_flex_kernels, set_packed_weights_limit};
+pub use kernels::set_few_rows_limit;
 pub use loss::{fused_cross_entropy, fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 pub use mlp::{gelu_tanh, GeluMlp, Mlp, SwiGlu};
 pub use model::{Decoder, DecoderInput};

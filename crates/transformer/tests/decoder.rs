@@ -555,6 +555,63 @@ mod flex_kernels {
         check_joined_rows_decode_as_alone::<Flex>(&Default::default(), 0.0);
     }
 
+    /// With the few-rows limit raised past the batch, a wide batch (24 rows, more than the
+    /// default 16) still decodes each row bit for bit as alone: the few-rows kernels take
+    /// every product (packed weights from the second step on) instead of the gemm.
+    #[test]
+    fn a_raised_few_rows_limit_keeps_a_wide_batch_bit_for_bit() {
+        let device = Default::default();
+        Flex::seed(&device, 11);
+        let model = DecoderConfig::new(97, 96, 2, 4, 48)
+            .with_init_std(0.3)
+            .init::<Flex>(&device)
+            .unwrap();
+        let layers = model.config().n_layers;
+        let rows = 24;
+        let prompt = |row: usize| (0..6).map(|i| ((row * 13 + i * 7) % 97) as u32).collect();
+        let next = |row: usize, step: usize| ((row * 5 + step * 11) % 97) as u32;
+        let steps = 3;
+        ember_transformer::set_few_rows_limit(rows);
+        let alone = (0..rows)
+            .map(|row| {
+                let mut cache = KvCache::new(layers);
+                model.forward_cached_last(tokens::<Flex>(&[prompt(row)], &device), &mut cache);
+                (0..steps)
+                    .map(|step| {
+                        values(model.forward_cached(
+                            tokens::<Flex>(&[vec![next(row, step)]], &device),
+                            &mut cache,
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        let mut cache = KvCache::<Flex>::new(layers);
+        for row in 0..rows {
+            let mut single = KvCache::new(layers);
+            model.forward_cached_last(tokens::<Flex>(&[prompt(row)], &device), &mut single);
+            cache.extend(single).unwrap();
+        }
+        for step in 0..steps {
+            let input = (0..rows)
+                .map(|row| vec![next(row, step)])
+                .collect::<Vec<_>>();
+            let logits = values(model.forward_cached(tokens::<Flex>(&input, &device), &mut cache));
+            let vocab = logits.len() / rows;
+            for (row, alone) in alone.iter().enumerate() {
+                let got = &logits[row * vocab..(row + 1) * vocab];
+                assert!(
+                    got.iter()
+                        .zip(&alone[step])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "row {row} step {step}: off by {} in a batch of {rows}",
+                    max_abs_diff(got, &alone[step])
+                );
+            }
+        }
+        ember_transformer::set_few_rows_limit(16);
+    }
+
     #[test]
     fn kernels_give_burns_values_and_gradients() {
         let device = Default::default();

@@ -28,9 +28,9 @@ pub struct Args {
     /// folder's name].
     #[arg(long)]
     pub name: Option<String>,
-    /// Sequences decoded together in one step, at most. Up to 16, every answer is bit for bit
-    /// the one it would be alone (on cpu).
-    #[arg(long, default_value_t = 16)]
+    /// Sequences decoded together in one step, at most. Every answer is bit for bit the one it
+    /// would be alone (on cpu).
+    #[arg(long, default_value_t = 32)]
     pub max_batch: usize,
     /// Sequences waiting for a place in the batch, at most; beyond, requests get 429.
     #[arg(long, default_value_t = 64)]

@@ -96,14 +96,6 @@ pub(super) fn slice(tensor: &FlexTensor) -> &[f32] {
 /// costs more than it saves (measured with `ember bench`'s generation).
 const INFERENCE_MIN: usize = 1 << 16;
 
-/// Rows up to which an inference matmul takes Ember's few-rows kernels (`kernels::matmul`)
-/// instead of flex's gemm: a decoding step has one row per sequence of the batch. From 2 to
-/// 16 rows they beat the gemm (batch 4: +35% decoding tokens/s, batch 8: +20%), at 32 they
-/// lose. A single row too: the gemm's matrix-vector path runs on one thread, these split the
-/// columns over all of them (`ember bench`, batch 1: the `small` shape 561 → 701 tokens/s,
-/// SmolLM2-135M 17.4 → 19.0; 2026-12-01, 2 cores).
-const FEW_ROWS: usize = 16;
-
 /// `x · w (+ bias)` for a few rows of `x` (`[rows, k]`, `w`: `[k, n]`) without autodiff, on
 /// flex: `None` otherwise. `w` may be stored as it is or as the transpose of a stored matrix
 /// (a tied embedding's `[n, k]`); neither is copied.
@@ -113,7 +105,7 @@ pub(crate) fn matmul_few_rows<B: Backend>(
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, 2>> {
     let [rows, _] = x.dims();
-    if !(1..=FEW_ROWS).contains(&rows) || B::ad_enabled(&x.device()) {
+    if !(1..=super::few_rows_limit()).contains(&rows) || B::ad_enabled(&x.device()) {
         return None;
     }
     let (xv, wv) = (flex(x)?, flex_view(w)?);
@@ -527,7 +519,10 @@ mod tests {
     fn a_packed_weight_follows_its_values() {
         let device = Default::default();
         let (rows, k, n) = (3, 40, 48);
-        let x = Tensor::<Flex, 2>::from_data(TensorData::new(values(rows * k, 1.0), [rows, k]), &device);
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(values(rows * k, 1.0), [rows, k]),
+            &device,
+        );
         let mut w =
             Tensor::<Flex, 2>::from_data(TensorData::new(values(k * n, 0.5), [k, n]), &device);
         check(&x, &w);
@@ -536,7 +531,10 @@ mod tests {
         assert!(is_packed(&w), "not packed at the second meeting");
         let before = address(&w);
         w = w.mul_scalar(3.0).add_scalar(0.25);
-        eprintln!("same address after an in-place write: {}", address(&w) == before);
+        eprintln!(
+            "same address after an in-place write: {}",
+            address(&w) == before
+        );
         assert!(!is_packed(&w), "a packed copy outlived its values");
         for _ in 0..3 {
             check(&x, &w);

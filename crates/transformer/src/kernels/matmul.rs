@@ -1,10 +1,18 @@
 //! Matrix products with few rows: a decoding step multiplies one row per sequence by every
 //! weight matrix. A general gemm packs both operands into blocks before multiplying, which for
-//! 1–16 rows costs as much as the product (the weights are copied once per call to multiply
-//! them once). These kernels read the weights where they lie, once per group of four rows,
-//! with the CPU's widest vectors and fused multiply-adds (chosen at run time through `pulp`:
-//! AVX2 and FMA where the CPU has them, SSE or scalar code elsewhere), and split the columns
-//! over rayon's threads when there is enough work.
+//! a few rows costs as much as the product (the weights are copied once per call to multiply
+//! them once). These kernels use the CPU's widest vectors and fused multiply-adds (chosen at
+//! run time through `pulp`: AVX2 and FMA where the CPU has them, SSE or scalar code
+//! elsewhere), and split the columns over rayon's threads when there is enough work:
+//!
+//! - [`rows_times`] reads a weight matrix where it lies, once per group of four rows;
+//! - [`rows_times_packed`] reads one packed once ([`Packed`]: column panels, made once per
+//!   matrix), once per call for all rows, with every output summed in registers;
+//! - [`rows_times_transposed`] multiplies by a tied embedding, in blocks of it kept in L2.
+//!
+//! Whatever the kernel, the group or the thread, each output is summed in one order (from its
+//! bias or 0, over `k`, fused), so a row's values do not depend on the rows beside it, and
+//! the first two give the same values bit for bit.
 
 use std::ops::Range;
 
@@ -287,7 +295,6 @@ impl RowsTimesTransposed<'_> {
     }
 }
 
-
 /// Floats per column panel of a [`Packed`] matrix: two vectors of AVX2, one of AVX-512.
 const PANEL: usize = 16;
 
@@ -441,7 +448,7 @@ impl PackedTimes<'_> {
         end: usize,
     ) {
         let index = (col - self.cols.start) / PANEL;
-        if index % P != 0 {
+        if !index.is_multiple_of(P) {
             return;
         }
         if col + P * PANEL <= end {
@@ -572,7 +579,10 @@ mod tests {
     /// beyond a group of six, and the threaded path.
     #[test]
     fn packed_weights_give_the_same_values_bit_for_bit() {
-        let sizes = SIZES.iter().copied().chain([(16, 576, 960), (13, 40, 15), (2, 7, 48)]);
+        let sizes = SIZES
+            .iter()
+            .copied()
+            .chain([(16, 576, 960), (13, 40, 15), (2, 7, 48)]);
         for (seed, (rows, k, n)) in sizes.enumerate() {
             let (x, w, bias) = (
                 values(rows * k, 400 + seed as u64),
@@ -595,50 +605,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[test]
-    fn zz_bench() {
-        if std::env::var("EMBER_KBENCH").is_err() {
-            return;
-        }
-        let layers = 30;
-        let shapes = [(576, 960), (576, 576), (576, 1536), (576, 1536), (1536, 576)];
-        let ws: Vec<Vec<f32>> = (0..layers * shapes.len())
-            .map(|i| values(shapes[i % 5].0 * shapes[i % 5].1, i as u64))
-            .collect();
-        let ps: Vec<Packed> = ws.iter().enumerate().map(|(i, w)| Packed::new(w, shapes[i % 5].1)).collect();
-        for rows in [1usize, 4, 8, 16] {
-            let xs: Vec<Vec<f32>> = [576usize, 1536].iter().map(|&k| values(rows * k, 9)).collect();
-            let mut best = [f64::MAX; 2];
-            for _ in 0..7 {
-                for variant in 0..2 {
-                    let t = std::time::Instant::now();
-                    let mut sink = 0.0f32;
-                    for (i, w) in ws.iter().enumerate() {
-                        let (k, n) = shapes[i % 5];
-                        let x = &xs[(k == 1536) as usize];
-                        let y = if variant == 0 {
-                            rows_times(x, rows, w, n, None)
-                        } else {
-                            rows_times_packed(x, rows, &ps[i], None)
-                        };
-                        sink += y[0];
-                    }
-                    std::hint::black_box(sink);
-                    best[variant] = best[variant].min(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            let e = values(49152 * 576, 77);
-            let mut head = f64::MAX;
-            for _ in 0..5 {
-                let t = std::time::Instant::now();
-                std::hint::black_box(rows_times_transposed(&xs[0], rows, &e, 49152));
-                head = head.min(t.elapsed().as_secs_f64() * 1e3);
-            }
-            eprintln!("rows {rows:2}: head {head:7.2} ms");
-            eprintln!("rows {rows:2}: row-major {:7.2} ms  packed {:7.2} ms  ({:.2}x)", best[0], best[1], best[0] / best[1]);
         }
     }
 

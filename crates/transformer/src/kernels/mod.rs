@@ -38,6 +38,39 @@ pub(crate) mod matmul;
 
 use rayon::prelude::*;
 
+/// Rows up to which an inference matmul takes the few-rows kernels unless told otherwise.
+const FEW_ROWS: usize = 16;
+
+thread_local! {
+    static FEW_ROWS_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(FEW_ROWS) };
+}
+
+/// Sets, for the calling thread, the rows up to which an inference matmul on burn's flex
+/// backend takes Ember's few-rows kernels (`kernels::matmul`) instead of flex's gemm (default
+/// 16; no effect elsewhere).
+///
+/// A decoding step has one row per sequence of the batch. The few-rows kernels add each
+/// output's products in an order that does not depend on the rows beside it, so up to this
+/// many rows a sequence decodes bit for bit the same alone as in a batch (the gemm's blocking
+/// depends on the row count: the same up to rounding). They are also the faster ones there:
+/// with the weights packed (`set_packed_weights_limit`), SmolLM2-135M's 30 layers take 33 ms
+/// at 16 rows, 53 ms at 32 and 94 ms at 64; from 2 to 16 rows even unpacked they beat the
+/// gemm (batch 4: +35% decoding tokens/s, batch 8: +20%); and at one row the gemm's
+/// matrix-vector path runs on one thread where these split the columns over all of them.
+///
+/// The default stays at 16 so that a run's results are those of earlier versions (a
+/// pipeline's rollouts decode 128 rows at a time); `ember serve` sets its batch size, so that
+/// a seeded answer is the same alone or among others at every batch size.
+pub fn set_few_rows_limit(rows: usize) {
+    FEW_ROWS_LIMIT.with(|limit| limit.set(rows));
+}
+
+/// The calling thread's [`set_few_rows_limit`].
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn few_rows_limit() -> usize {
+    FEW_ROWS_LIMIT.with(|limit| limit.get())
+}
+
 /// Elements per parallel task: below this, rayon's overhead dominates.
 const CHUNK: usize = 16 * 1024;
 
