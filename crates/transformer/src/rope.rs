@@ -59,6 +59,30 @@ impl<B: Backend> RotaryEmbedding<B> {
         let [batch, seq, _, head_dim] = x.dims();
         let half = head_dim / 2;
         let device = x.device();
+        #[cfg(feature = "flex")]
+        if crate::kernels::flex::is_plain_flex::<B>() {
+            let rotated = match positions {
+                Positions::Contiguous { start } => {
+                    crate::kernels::flex::rope_rows(&x, &self.cos, &self.sin, |_, token| {
+                        start + token
+                    })
+                }
+                Positions::PerToken(ids) => ids
+                    .to_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .ok()
+                    .filter(|ids| ids.iter().all(|&p| p >= 0))
+                    .and_then(|ids| {
+                        crate::kernels::flex::rope_rows(&x, &self.cos, &self.sin, |item, token| {
+                            ids[item * seq + token] as usize
+                        })
+                    }),
+            };
+            if let Some(rotated) = rotated {
+                return rotated;
+            }
+        }
         let (cos, sin, rows) = match positions {
             Positions::Contiguous { start } => (
                 self.cos.clone().narrow(0, *start, seq),
@@ -123,6 +147,56 @@ mod tests {
                     "{got:?} vs {second}"
                 );
             }
+        }
+    }
+
+    /// On flex the inference kernel gives burn's ops' values bit for bit (signed zeros
+    /// included), from contiguous positions and from per-token ones.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn the_inference_kernel_gives_the_ops_values_bit_for_bit() {
+        let device = Default::default();
+        let rope = RotaryEmbedding::<Flex>::new(40, 16, 10_000.0, &device);
+        let (batch, seq, heads, dim) = (3, 5, 2, 16);
+        let mut state = 3u64;
+        let values = (0..batch * seq * heads * dim)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                match i % 11 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    _ => ((state >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0,
+                }
+            })
+            .collect::<Vec<f32>>();
+        let x = Tensor::<Flex, 4>::from_data(
+            TensorData::new(values, [batch, seq, heads, dim]),
+            &device,
+        );
+        let ids = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(
+                (0..batch * seq)
+                    .map(|i| ((i * 7) % 40) as i64)
+                    .collect::<Vec<_>>(),
+                [batch, seq],
+            ),
+            &device,
+        );
+        for positions in [Positions::Contiguous { start: 9 }, Positions::PerToken(ids)] {
+            let bits = |kernels: bool| {
+                crate::set_flex_kernels(kernels);
+                let out = rope.apply(x.clone(), &positions);
+                crate::set_flex_kernels(true);
+                out.into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(true), bits(false), "{positions:?}");
         }
     }
 }

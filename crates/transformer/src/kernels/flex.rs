@@ -39,6 +39,11 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
         && ENABLED.with(|e| e.get())
 }
 
+/// Whether `B` is flex itself (inference: no autodiff) and the kernels are on.
+pub(crate) fn is_plain_flex<B: Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<Flex>() && ENABLED.with(|e| e.get())
+}
+
 /// The values of `tensor` as a contiguous flex tensor of `f32` (a view when they already are).
 fn flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
     flex_view(tensor).map(contiguous)
@@ -232,6 +237,48 @@ fn packed(tensor: &FlexTensor, w: &[f32], n: usize) -> Option<Arc<Packed>> {
         }
     }
     Some(packed)
+}
+
+/// Rotary embeddings for inference on flex: `x · [cos, cos] + rotate_half(x) · [sin, sin]` in
+/// one pass over `x` (`[batch, seq, heads, head_dim]`), the tables `[positions, head_dim / 2]`
+/// read at `position(item, token)`. The same roundings as `RotaryEmbedding::apply`'s ops (its
+/// rotation, a product with a signed permutation, is exact: `0 − x` and `x + 0`; then each
+/// product rounded, then their sum), so the same values bit for bit, without its matmul,
+/// concatenations and broadcasts. `None` unless `B` is flex itself (no autodiff) and the
+/// kernels are on.
+pub(crate) fn rope_rows<B: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    position: impl Fn(usize, usize) -> usize,
+) -> Option<Tensor<B, 4>> {
+    if !is_plain_flex::<B>() {
+        return None;
+    }
+    let [batch, seq, heads, dim] = x.dims();
+    let half = dim / 2;
+    let (xv, cv, sv) = (flex(x)?, flex(cos)?, flex(sin)?);
+    let (xs, cs, ss) = (slice(&xv), slice(&cv), slice(&sv));
+    let mut out = vec![0.0f32; xs.len()];
+    for item in 0..batch {
+        for token in 0..seq {
+            let at = position(item, token) * half;
+            let (c, s) = (cs.get(at..at + half)?, ss.get(at..at + half)?);
+            let start = (item * seq + token) * heads * dim;
+            for (o, x) in out[start..start + heads * dim]
+                .chunks_exact_mut(dim)
+                .zip(xs[start..start + heads * dim].chunks_exact(dim))
+            {
+                let (x1, x2) = x.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for j in 0..half {
+                    o1[j] = x1[j] * c[j] + (0.0 - x2[j]) * s[j];
+                    o2[j] = x2[j] * c[j] + (x1[j] + 0.0) * s[j];
+                }
+            }
+        }
+    }
+    Some(constant(out, [batch, seq, heads, dim]))
 }
 
 /// Positions a KV-cache buffer holds at least; it doubles when full.

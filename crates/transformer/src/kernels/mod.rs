@@ -52,11 +52,11 @@ thread_local! {
 /// A decoding step has one row per sequence of the batch. The few-rows kernels add each
 /// output's products in an order that does not depend on the rows beside it, so up to this
 /// many rows a sequence decodes bit for bit the same alone as in a batch (the gemm's blocking
-/// depends on the row count: the same up to rounding). They are also the faster ones there:
-/// with the weights packed (`set_packed_weights_limit`), SmolLM2-135M's 30 layers take 33 ms
-/// at 16 rows, 53 ms at 32 and 94 ms at 64; from 2 to 16 rows even unpacked they beat the
-/// gemm (batch 4: +35% decoding tokens/s, batch 8: +20%); and at one row the gemm's
-/// matrix-vector path runs on one thread where these split the columns over all of them.
+/// depends on the row count: the same up to rounding). From 2 to 16 rows they are also the
+/// faster ones, even unpacked (batch 4: +35% decoding tokens/s, batch 8: +20%), and at one row
+/// the gemm's matrix-vector path runs on one thread where these split the columns over all of
+/// them; with the weights packed (`set_packed_weights_limit`) SmolLM2-135M's 30 layers take
+/// 33 ms at 16 rows, 53 ms at 32 and 94 ms at 64 (2 cores).
 ///
 /// The default stays at 16 so that a run's results are those of earlier versions (a
 /// pipeline's rollouts decode 128 rows at a time); `ember serve` sets its batch size, so that
