@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub no_generation: bool,
     /// Instead of the shapes: greedy generation of this model folder (from `ember import`,
-    /// a pipeline run…) at batch 1, 8 and 16, a ChatML or Ember prompt, `--new-tokens` each.
+    /// a pipeline run…) at each of `--batches`, a ChatML or Ember prompt, `--new-tokens` each.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
     /// GPT-2-shaped models (learned positions, LayerNorm, GELU: the PyTorch peer's) or
@@ -57,6 +57,13 @@ pub struct Args {
     /// comparison. The same tokens either way.
     #[arg(long, value_enum, default_value = "on")]
     pub packed_weights: Kernels,
+    /// Rows up to which an inference product on the cpu device takes Ember's few-rows kernels
+    /// instead of flex's gemm (16 everywhere but `ember serve`, which uses its batch size).
+    #[arg(long, default_value_t = 16)]
+    pub few_rows: usize,
+    /// With `--model`: the batch sizes to generate at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 16])]
+    pub batches: Vec<usize>,
     /// The float type of every tensor: parameters, activations, gradients and the optimizer's
     /// state (burn 0.21 has no mixed-precision autocast). `bf16` needs a backend that supports
     /// it (cuda; flex emulates it through f32, slowly).
@@ -114,6 +121,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     ember_transformer::set_flex_kernels(args.kernels == Kernels::On);
+    anyhow::ensure!(
+        args.batches.iter().all(|&b| b > 0),
+        "--batches must all be at least 1"
+    );
+    ember_transformer::set_few_rows_limit(args.few_rows);
     if args.packed_weights == Kernels::Off {
         ember_transformer::set_packed_weights_limit(0);
     }
@@ -320,7 +332,7 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Greedy generation of a model folder at batch 1, 8 and 16: the same chat prompt in every row,
+/// Greedy generation of a model folder at each of `--batches` (1, 8, 16): the same chat prompt in every row,
 /// exactly `--new-tokens` new tokens (no stop token), after a short warm-up. The peer is
 /// `scripts/parity/generate_bench.py` (transformers on the same model).
 fn model_generation<B: Backend>(
@@ -343,7 +355,7 @@ generation of {}, {}-token prompt, {new_tokens} new tokens, greedy:",
         prompt.len()
     );
     println!("{:<8} {:>14} {:>10}", "batch", "tokens/s", "seconds");
-    for batch in [1, 8, 16] {
+    for &batch in &args.batches {
         let prompts = vec![prompt.clone(); batch];
         let config = GenerateConfig {
             max_new_tokens: new_tokens,
