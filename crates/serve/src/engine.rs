@@ -237,7 +237,8 @@ impl EngineHandle {
             .name("ember-engine".into())
             .spawn(move || {
                 // Every step of up to `max_batch` rows through the few-rows kernels: each
-                // row's values are then those it has alone (and they are the faster ones).
+                // row's values are then those it has alone (and they are the faster ones; never
+                // below their default of 16, up to which they beat the gemm for prefills too).
                 ember_transformer::set_few_rows_limit(config.max_batch.max(16));
                 let model = match load() {
                     Ok(model) => model,

@@ -56,7 +56,7 @@ pub struct Args {
     /// once per step for every row (`on`), or multiplied as they are stored (`off`), for
     /// comparison. The same tokens either way.
     #[arg(long, value_enum, default_value = "on")]
-    pub packed_weights: Kernels,
+    pub packed_weights: PackedWeights,
     /// Rows up to which an inference product on the cpu device takes Ember's few-rows kernels
     /// instead of flex's gemm (16 everywhere but `ember serve`, which uses its batch size).
     #[arg(long, default_value_t = 16)]
@@ -82,6 +82,15 @@ pub enum Precision {
     F32,
     /// bfloat16 everywhere.
     Bf16,
+}
+
+/// `--packed-weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PackedWeights {
+    /// Packed once per matrix, read once per decoding step.
+    On,
+    /// Multiplied as stored, read once per four rows.
+    Off,
 }
 
 /// `--kernels`.
@@ -126,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--batches must all be at least 1"
     );
     ember_transformer::set_few_rows_limit(args.few_rows);
-    if args.packed_weights == Kernels::Off {
+    if args.packed_weights == PackedWeights::Off {
         ember_transformer::set_packed_weights_limit(0);
     }
     if let Some(model) = &args.model {
@@ -332,8 +341,8 @@ fn generation<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Greedy generation of a model folder at each of `--batches` (1, 8, 16): the same chat prompt in every row,
-/// exactly `--new-tokens` new tokens (no stop token), after a short warm-up. The peer is
+/// Greedy generation of a model folder at each of `--batches` (1, 8, 16): the same chat
+/// prompt in every row, exactly `--new-tokens` new tokens (no stop token), after a short warm-up. The peer is
 /// `scripts/parity/generate_bench.py` (transformers on the same model).
 fn model_generation<B: Backend>(
     folder: &std::path::Path,

@@ -104,6 +104,16 @@ fn by_columns(
     out
 }
 
+/// Starts each `[width]` row of `out` from the bias on `cols`, or from 0.
+fn start_from_bias(out: &mut [f32], width: usize, bias: Option<&[f32]>, cols: &Range<usize>) {
+    for row in out.chunks_exact_mut(width.max(1)) {
+        match bias {
+            Some(bias) => row.copy_from_slice(&bias[cols.clone()]),
+            None => row.fill(0.0),
+        }
+    }
+}
+
 struct RowsTimes<'a> {
     x: &'a [f32],
     rows: usize,
@@ -125,13 +135,7 @@ impl WithSimd for RowsTimes<'_> {
     /// multiply-adds per load and store of the output.
     #[inline(always)]
     fn with_simd<S: Simd>(mut self, simd: S) {
-        let width = self.cols.len();
-        for row in self.out.chunks_exact_mut(width.max(1)) {
-            match self.bias {
-                Some(bias) => row.copy_from_slice(&bias[self.cols.clone()]),
-                None => row.fill(0.0),
-            }
-        }
+        start_from_bias(self.out, self.cols.len(), self.bias, &self.cols);
         let mut row = 0;
         while row + 4 <= self.rows {
             self.row_group::<S, 4, 2>(simd, row);
@@ -388,31 +392,16 @@ impl PackedTimes<'_> {
         let (k, n, width) = (self.w.k, self.w.n, self.cols.len());
         let whole = n / PANEL * PANEL;
         let panel_end = self.cols.end.min(whole);
-        for row in self.out.chunks_exact_mut(width.max(1)) {
-            match self.bias {
-                Some(bias) => row[..panel_end - self.cols.start]
-                    .copy_from_slice(&bias[self.cols.start..panel_end]),
-                None => row.fill(0.0),
-            }
-        }
-        // Tiles of up to six rows by one panel; fewer rows take several panels at once, so
+        start_from_bias(self.out, width, self.bias, &self.cols);
+        // Tiles of six rows by one panel; the rows left over take several panels at once, so
         // that enough sums are under way to hide the multiply-add's latency.
-        let mut col = self.cols.start;
-        while col < panel_end {
-            let mut row = 0;
-            while row + 6 <= self.rows {
-                self.tile::<S, 6, NV, 1>(simd, row, col);
-                row += 6;
-            }
-            match self.rows - row {
-                5 => self.tile::<S, 5, NV, 1>(simd, row, col),
-                4 => self.tile::<S, 4, NV, 1>(simd, row, col),
-                3 => self.tiles::<S, 3, NV, 2>(simd, row, col, panel_end),
-                2 => self.tiles::<S, 2, NV, 2>(simd, row, col, panel_end),
-                1 => self.tiles::<S, 1, NV, 4>(simd, row, col, panel_end),
-                _ => {}
-            }
-            col += PANEL;
+        match self.rows % 6 {
+            0 => self.walk::<S, 0, NV, 1>(simd, panel_end),
+            1 => self.walk::<S, 1, NV, 4>(simd, panel_end),
+            2 => self.walk::<S, 2, NV, 2>(simd, panel_end),
+            3 => self.walk::<S, 3, NV, 2>(simd, panel_end),
+            4 => self.walk::<S, 4, NV, 1>(simd, panel_end),
+            _ => self.walk::<S, 5, NV, 1>(simd, panel_end),
         }
         // The columns past the last whole panel (in the last range of columns): the row-major
         // kernel on their own copy, with vectors from the same column on as it would have.
@@ -437,28 +426,32 @@ impl PackedTimes<'_> {
         }
     }
 
-    /// [`tile`](Self::tile) of `P` panels from column `col` on when as many lie before
-    /// `end`, else of one; a no-op on the columns a previous call of `P` panels covered.
+    /// The panels up to `end`, `P` at a time (the last group may be shorter): every group of
+    /// six rows on each panel, then the last `R` rows on the whole group, while its panels are
+    /// in cache.
     #[inline(always)]
-    fn tiles<S: Simd, const R: usize, const NV: usize, const P: usize>(
+    fn walk<S: Simd, const R: usize, const NV: usize, const P: usize>(
         &mut self,
         simd: S,
-        first: usize,
-        col: usize,
         end: usize,
     ) {
-        let index = (col - self.cols.start) / PANEL;
-        if !index.is_multiple_of(P) {
-            return;
-        }
-        if col + P * PANEL <= end {
-            self.tile::<S, R, NV, P>(simd, first, col);
-        } else {
-            let mut c = col;
-            while c < end {
-                self.tile::<S, R, NV, 1>(simd, first, c);
-                c += PANEL;
+        let full = self.rows - R;
+        let mut col = self.cols.start;
+        while col < end {
+            let panels = ((end - col) / PANEL).min(P);
+            for p in 0..panels {
+                for first in (0..full).step_by(6) {
+                    self.tile::<S, 6, NV, 1>(simd, first, col + p * PANEL);
+                }
             }
+            if R > 0 && panels == P {
+                self.tile::<S, R, NV, P>(simd, full, col);
+            } else if R > 0 {
+                for p in 0..panels {
+                    self.tile::<S, R, NV, 1>(simd, full, col + p * PANEL);
+                }
+            }
+            col += panels * PANEL;
         }
     }
 
