@@ -23,7 +23,9 @@ pub use error::{Error, Result};
 pub use generate::{generate, generate_streaming, FinishReason, GenerateConfig, Generation};
 pub use init::{fresh_ids, linear, materialize};
 #[cfg(feature = "flex")]
-pub use kernels::flex::{set_flex_kernels, set_packed_weights_limit};
+pub use kernels::flex::{
+    packed_weights, set_coded_weights, set_flex_kernels, set_packed_weights_limit, PackedWeights,
+};
 pub use kernels::set_few_rows_limit;
 pub use loss::{fused_cross_entropy, fused_linear_cross_entropy, masked_cross_entropy, TokenBatch};
 pub use mlp::{gelu_tanh, GeluMlp, Mlp, SwiGlu};

@@ -555,6 +555,122 @@ mod flex_kernels {
         check_joined_rows_decode_as_alone::<Flex>(&Default::default(), 0.0);
     }
 
+    /// Rounds every weight matrix (`[in, out]`) to Q4_1's form, `q · d + m` with `q` in
+    /// 0..=15 and one `(d, m)` per block of 32 inputs of each output, and the token embedding
+    /// (`[vocab, width]`, the tied head) in blocks along its rows, as a model imported from a
+    /// quantised GGUF file holds them.
+    #[derive(Default)]
+    struct Quantise {
+        path: Vec<String>,
+    }
+
+    impl ModuleMapper<Flex> for Quantise {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<Tensor<Flex, D>>,
+        ) -> Param<Tensor<Flex, D>> {
+            let embedding = self.path.iter().any(|p| p.contains("embedding"));
+            param.map(|t| {
+                if D != 2 {
+                    return t;
+                }
+                let dims = t.dims();
+                let (rows, cols) = (dims[0], dims[1]);
+                // Where value `i` of block `(c, j)` lies: blocks down the columns of `[in,
+                // out]`, along the rows of the embedding.
+                let at = |c: usize, i: usize| {
+                    if embedding {
+                        c * cols + i
+                    } else {
+                        i * cols + c
+                    }
+                };
+                let (lines, len) = if embedding {
+                    (rows, cols)
+                } else {
+                    (cols, rows)
+                };
+                let mut v = values(t.clone());
+                for c in 0..lines {
+                    for start in (0..len).step_by(32) {
+                        let block = start..(start + 32).min(len);
+                        let m = block
+                            .clone()
+                            .map(|i| v[at(c, i)])
+                            .fold(f32::INFINITY, f32::min);
+                        let top = block.clone().map(|i| v[at(c, i)]).fold(m, f32::max);
+                        let d = (top - m) / 15.0;
+                        for i in block {
+                            let q = ((v[at(c, i)] - m) / d).round().clamp(0.0, 15.0) as i8;
+                            v[at(c, i)] = f32::from(q) * d + m;
+                        }
+                    }
+                }
+                Tensor::from_data(TensorData::new(v, dims), &t.device())
+            })
+        }
+    }
+
+    /// A quantised model's weights are packed as their codes and decode to the same logits
+    /// bit for bit as with float panels, at one row and at several (grouped-query attention,
+    /// Llama's shape).
+    #[test]
+    fn coded_weights_decode_bit_for_bit() {
+        let device = Default::default();
+        Flex::seed(&device, 12);
+        let model = DecoderConfig::new(97, 64, 2, 4, 48)
+            .with_architecture(Architecture::Llama)
+            .with_n_kv_heads(Some(2))
+            .with_init_std(0.3)
+            .init::<Flex>(&device)
+            .unwrap()
+            .map(&mut Quantise::default());
+        let layers = model.config().n_layers;
+        let decode = |rows: usize| {
+            let prompts = (0..rows)
+                .map(|row| (0..5).map(|i| ((row * 13 + i * 7) % 97) as u32).collect())
+                .collect::<Vec<_>>();
+            let mut cache = KvCache::new(layers);
+            model.forward_cached_last(tokens::<Flex>(&prompts, &device), &mut cache);
+            (0..4)
+                .map(|step| {
+                    let input = (0..rows)
+                        .map(|row| vec![((row * 5 + step * 11) % 97) as u32])
+                        .collect::<Vec<_>>();
+                    values(model.forward_cached(tokens::<Flex>(&input, &device), &mut cache))
+                })
+                .collect::<Vec<_>>()
+        };
+        for rows in [1, 3, 8] {
+            ember_transformer::set_coded_weights(true);
+            let coded = decode(rows);
+            let kept = ember_transformer::packed_weights();
+            // Every block's query-key-value, output, gate-up and down matrices.
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                assert!(kept.coded > 4 * layers && kept.coded_heads >= 1, "{kept:?}");
+            }
+            ember_transformer::set_coded_weights(false);
+            let floats = decode(rows);
+            ember_transformer::set_coded_weights(true);
+            for (step, (a, b)) in coded.iter().zip(&floats).enumerate() {
+                assert!(
+                    a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{rows} rows, step {step}: off by {}",
+                    max_abs_diff(a, b)
+                );
+            }
+        }
+    }
+
     /// With the few-rows limit raised past the batch, a wide batch (24 rows, more than the
     /// default 16) still decodes each row bit for bit as alone: the few-rows kernels take
     /// every product (packed weights from the second step on) instead of the gemm.

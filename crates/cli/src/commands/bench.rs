@@ -53,8 +53,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "on")]
     pub kernels: Kernels,
     /// Decoding on the cpu device with the weight matrices packed into column panels, read
-    /// once per step for every row (`on`), or multiplied as they are stored (`off`), for
-    /// comparison. The same tokens either way.
+    /// once per step for every row (`on`; a quantised model's as its codes where the CPU has
+    /// AVX2), as float panels only (`floats`), or multiplied as they are stored (`off`), for
+    /// comparison. The same tokens every way.
     #[arg(long, value_enum, default_value = "on")]
     pub packed_weights: PackedWeights,
     /// Rows up to which an inference product on the cpu device takes Ember's few-rows kernels
@@ -89,6 +90,8 @@ pub enum Precision {
 pub enum PackedWeights {
     /// Packed once per matrix, read once per decoding step.
     On,
+    /// Packed as floats, even where the values are a quantised model's codes.
+    Floats,
     /// Multiplied as stored, read once per four rows.
     Off,
 }
@@ -135,8 +138,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--batches must all be at least 1"
     );
     ember_transformer::set_few_rows_limit(args.few_rows);
-    if args.packed_weights == PackedWeights::Off {
-        ember_transformer::set_packed_weights_limit(0);
+    match args.packed_weights {
+        PackedWeights::On => {}
+        PackedWeights::Floats => ember_transformer::set_coded_weights(false),
+        PackedWeights::Off => ember_transformer::set_packed_weights_limit(0),
     }
     if let Some(model) = &args.model {
         let model = model.clone();
@@ -386,6 +391,17 @@ generation of {}, {}-token prompt, {new_tokens} new tokens, greedy:",
         let seconds = started.elapsed().as_secs_f64();
         let produced = out.iter().map(|g| g.tokens.len()).sum::<usize>() as f64;
         println!("{batch:<8} {:>14.1} {seconds:>10.2}", produced / seconds);
+    }
+    let kept = ember_transformer::packed_weights();
+    if kept.matrices > 0 {
+        println!(
+            "packed weights: {} matrices, {} of them as a quantised model's codes ({} tied \
+             head), {:.1} MB",
+            kept.matrices,
+            kept.coded,
+            kept.coded_heads,
+            kept.bytes as f64 / 1e6
+        );
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ use std::ops::Range;
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
+use super::coded::{self, Coded, CodedRows};
+
 /// Multiply-adds below which one thread does all the work.
 const PARALLEL_MIN: usize = 1 << 20;
 
@@ -64,6 +66,87 @@ pub(crate) fn rows_times_transposed(x: &[f32], rows: usize, e: &[f32], n: usize)
             out,
         });
     })
+}
+
+/// `x · eᵀ` for a coded tied embedding ([`CodedRows`], `[n, k]`): the same values as
+/// [`rows_times_transposed`] on its floats, bit for bit.
+pub(crate) fn rows_times_coded_rows(x: &[f32], rows: usize, e: &CodedRows, n: usize) -> Vec<f32> {
+    let k = e.k;
+    debug_assert_eq!(x.len(), rows * k);
+    by_columns(rows, n, rows * k * n, |cols, out| {
+        #[cfg(target_arch = "x86_64")]
+        pulp::Simd::vectorize(
+            e.simd,
+            CodedRowsRange {
+                x,
+                rows,
+                e,
+                cols,
+                out,
+            },
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, e, cols, out);
+            unreachable!("coded rows are made only where their kernel runs");
+        }
+    })
+}
+
+/// [`rows_times_coded_rows`] on the columns `cols` (`out` is `[rows, cols.len()]`): eight
+/// embedding rows at a time, every input row on them while they are in cache.
+#[cfg(target_arch = "x86_64")]
+struct CodedRowsRange<'a> {
+    x: &'a [f32],
+    rows: usize,
+    e: &'a CodedRows,
+    cols: Range<usize>,
+    out: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WithSimd for CodedRowsRange<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let CodedRowsRange {
+            x,
+            rows,
+            e,
+            cols,
+            out,
+        } = self;
+        let (k, width) = (e.k, cols.len());
+        let mut col = 0;
+        while col < width {
+            let eight = col + 8 <= width;
+            for r in 0..rows {
+                let (x, out) = (&x[r * k..], &mut out[r * width + col..]);
+                let at = cols.start + col;
+                if eight {
+                    coded::RowsTile::<1, 8> {
+                        e,
+                        col: at,
+                        x,
+                        out,
+                        stride: width,
+                    }
+                    .run();
+                } else {
+                    coded::RowsTile::<1, 1> {
+                        e,
+                        col: at,
+                        x,
+                        out,
+                        stride: width,
+                    }
+                    .run();
+                }
+            }
+            col += if eight { 8 } else { 1 };
+        }
+    }
 }
 
 /// Runs `f(columns, out)` over column ranges (each `out` is `[rows, columns.len()]`) and
@@ -300,25 +383,45 @@ impl RowsTimesTransposed<'_> {
 }
 
 /// Floats per column panel of a [`Packed`] matrix: two vectors of AVX2, one of AVX-512.
-const PANEL: usize = 16;
+pub(crate) const PANEL: usize = 16;
 
 /// A `[k, n]` weight matrix laid out for [`rows_times_packed`]: its columns in panels of
 /// [`PANEL`], each panel's `k` rows of `PANEL` values one after another, so that a panel is one
 /// contiguous run that the kernel reads once for every row of the input.
+///
+/// Where the CPU has the kernel for them and the values are exactly a quantised model's
+/// (`d · q + m` with small integers `q`, [`coded`]), the panels keep the integers instead of
+/// the floats: a quarter of the bytes, the same values bit for bit.
 pub(crate) struct Packed {
     k: usize,
     n: usize,
     /// Columns `0..whole` (`n` rounded down to [`PANEL`]), panel after panel, each `[k, PANEL]`.
-    panels: Vec<f32>,
+    panels: Panels,
     /// Columns `whole..n` as `[k, n - whole]`, row-major.
     rest: Vec<f32>,
 }
 
+enum Panels {
+    Floats(Vec<f32>),
+    Coded(Coded),
+}
+
 impl Packed {
-    /// Packs `w` (`[k, n]`, row-major).
-    pub(crate) fn new(w: &[f32], n: usize) -> Self {
+    /// Packs `w` (`[k, n]`, row-major): as codes if `codes`, the CPU has their kernel and the
+    /// values allow it, else as floats.
+    pub(crate) fn new(w: &[f32], n: usize, codes: bool) -> Self {
         let k = w.len().checked_div(n).unwrap_or(0);
         let whole = n / PANEL * PANEL;
+        let mut rest = Vec::with_capacity(k * (n - whole));
+        for i in 0..k {
+            rest.extend_from_slice(&w[i * n + whole..(i + 1) * n]);
+        }
+        if codes && k > 0 && coded::available() {
+            if let Some(coded) = coded::code(w, k, n, whole / PANEL) {
+                let panels = Panels::Coded(coded);
+                return Packed { k, n, panels, rest };
+            }
+        }
         let mut panels = vec![0.0; k * whole];
         panels
             .par_chunks_mut((k * PANEL).max(1))
@@ -328,15 +431,21 @@ impl Packed {
                     row.copy_from_slice(&w[i * n + p * PANEL..i * n + (p + 1) * PANEL]);
                 }
             });
-        let mut rest = Vec::with_capacity(k * (n - whole));
-        for i in 0..k {
-            rest.extend_from_slice(&w[i * n + whole..(i + 1) * n]);
-        }
+        let panels = Panels::Floats(panels);
         Packed { k, n, panels, rest }
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        4 * (self.panels.len() + self.rest.len())
+        let panels = match &self.panels {
+            Panels::Floats(values) => 4 * values.len(),
+            Panels::Coded(coded) => coded.bytes(),
+        };
+        panels + 4 * self.rest.len()
+    }
+
+    /// Whether the panels hold codes.
+    pub(crate) fn is_coded(&self) -> bool {
+        matches!(self.panels, Panels::Coded(_))
     }
 }
 
@@ -441,17 +550,64 @@ impl PackedTimes<'_> {
             let panels = ((end - col) / PANEL).min(P);
             for p in 0..panels {
                 for first in (0..full).step_by(6) {
-                    self.tile::<S, 6, NV, 1>(simd, first, col + p * PANEL);
+                    self.any_tile::<S, 6, NV, 1>(simd, first, col + p * PANEL);
                 }
             }
             if R > 0 && panels == P {
-                self.tile::<S, R, NV, P>(simd, full, col);
+                self.any_tile::<S, R, NV, P>(simd, full, col);
             } else if R > 0 {
                 for p in 0..panels {
-                    self.tile::<S, R, NV, 1>(simd, full, col + p * PANEL);
+                    self.any_tile::<S, R, NV, 1>(simd, full, col + p * PANEL);
                 }
             }
             col += panels * PANEL;
+        }
+    }
+
+    /// [`Self::tile`] on float panels, [`coded::tile`] on coded ones.
+    #[inline(always)]
+    fn any_tile<S: Simd, const R: usize, const NV: usize, const P: usize>(
+        &mut self,
+        simd: S,
+        first: usize,
+        col: usize,
+    ) {
+        let w = self.w;
+        match &w.panels {
+            Panels::Floats(values) => self.tile::<S, R, NV, P>(simd, values, first, col),
+            Panels::Coded(coded) => self.coded_tile::<R, P>(coded, first, col),
+        }
+    }
+
+    /// Rows `first..first + R` of the output on the `P` coded panels from column `col`.
+    #[inline(always)]
+    fn coded_tile<const R: usize, const P: usize>(
+        &mut self,
+        coded: &Coded,
+        first: usize,
+        col: usize,
+    ) {
+        let (k, width) = (self.w.k, self.cols.len());
+        let blocks = k.div_ceil(coded::BLOCK);
+        let panel = col / PANEL;
+        let at = col - self.cols.start;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let tile = coded::Tile::<R, P> {
+                simd: coded.simd,
+                codes: &coded.codes[panel * k..(panel + P) * k],
+                scales: &coded.scales[panel * 2 * blocks..(panel + P) * 2 * blocks],
+                k,
+                x: &self.x[first * k..(first + R) * k],
+                out: &mut self.out[first * width + at..],
+                stride: width,
+            };
+            pulp::Simd::vectorize(coded.simd, tile);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (coded, blocks, panel, at, first);
+            unreachable!("coded panels are made only where their kernel runs");
         }
     }
 
@@ -461,6 +617,7 @@ impl PackedTimes<'_> {
     fn tile<S: Simd, const R: usize, const NV: usize, const P: usize>(
         &mut self,
         simd: S,
+        values: &[f32],
         first: usize,
         col: usize,
     ) {
@@ -468,7 +625,7 @@ impl PackedTimes<'_> {
         let at = col - self.cols.start;
         let panels: [&[S::f32s]; P] = std::array::from_fn(|p| {
             let c = col + p * PANEL;
-            S::as_simd_f32s(&self.w.panels[c * k..(c + PANEL) * k]).0
+            S::as_simd_f32s(&values[c * k..(c + PANEL) * k]).0
         });
         let xs: [&[f32]; R] =
             std::array::from_fn(|r| &self.x[(first + r) * k..(first + r + 1) * k]);
@@ -582,7 +739,7 @@ mod tests {
                 values(k * n, 500 + seed as u64),
                 values(n, 600 + seed as u64),
             );
-            let packed = Packed::new(&w, n);
+            let packed = Packed::new(&w, n, true);
             assert_eq!(packed.bytes(), 4 * k * n);
             for bias in [None, Some(bias.as_slice())] {
                 let want = rows_times(&x, rows, &w, n, bias);
@@ -599,6 +756,122 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `[k, n]` values as a quantised model's: each column's blocks of 32 inputs `d · q + m`,
+    /// in turn Q4_1-like (codes 0..=15, `m` the least), Q8_0-like (codes ±127, `m = 0`) and
+    /// Q4_0-like (`m = −8 d`).
+    fn quantised(k: usize, n: usize, seed: u64) -> Vec<f32> {
+        let noise = values(k * n + 2 * n * k.div_ceil(32), seed);
+        let mut w = vec![0.0; k * n];
+        for c in 0..n {
+            for b in 0..k.div_ceil(32) {
+                let at = k * n + 2 * (c * k.div_ceil(32) + b);
+                let d = 0.001 + noise[at].abs() * 0.01;
+                let (m, range) = match (c + b) % 3 {
+                    0 => (-noise[at + 1].abs() * 0.1, 0..16),
+                    1 => (0.0, -127..128),
+                    _ => (-8.0 * d, 0..16),
+                };
+                for i in b * 32..((b + 1) * 32).min(k) {
+                    // The ends of the range present, as a quantiser leaves them.
+                    let u = match i - b * 32 {
+                        0 => 0.0,
+                        1 => 1.0,
+                        _ => (noise[i * n + c] + 1.0) / 2.0,
+                    };
+                    let q = range.start + (u * (range.len() - 1) as f32).round() as i32;
+                    w[i * n + c] = coded::decode(q as i8, d, m);
+                }
+            }
+        }
+        w
+    }
+
+    /// Weights that are a quantised model's are packed as codes (where the CPU has their
+    /// kernel) and give the float kernels' values bit for bit; one value off by an ulp and the
+    /// matrix keeps float panels.
+    #[test]
+    fn coded_weights_give_the_same_values_bit_for_bit() {
+        let sizes = [
+            (1, 576, 1920),
+            (1, 64, 48),
+            (3, 40, 40),
+            (6, 96, 33),
+            (7, 1536, 203),
+            (13, 64, 64),
+            (16, 576, 960),
+        ];
+        for (seed, (rows, k, n)) in sizes.into_iter().enumerate() {
+            let (x, w, bias) = (
+                values(rows * k, 700 + seed as u64),
+                quantised(k, n, 800 + seed as u64),
+                values(n, 900 + seed as u64),
+            );
+            let packed = Packed::new(&w, n, true);
+            assert_eq!(packed.is_coded(), coded::available() && n >= PANEL);
+            if packed.is_coded() {
+                assert!(packed.bytes() < 2 * k * n, "{} bytes", packed.bytes());
+            }
+            let floats = Packed::new(&w, n, false);
+            assert!(!floats.is_coded());
+            for bias in [None, Some(bias.as_slice())] {
+                let want = rows_times(&x, rows, &w, n, bias);
+                for (kind, got) in [
+                    ("coded", rows_times_packed(&x, rows, &packed, bias)),
+                    ("floats", rows_times_packed(&x, rows, &floats, bias)),
+                ] {
+                    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{kind}: [{rows}×{k}]·[{k}×{n}] at ({}, {}): {a} vs {b}",
+                            j / n,
+                            j % n,
+                        );
+                    }
+                }
+            }
+        }
+        let mut w = quantised(64, 48, 5);
+        w[37 * 48 + 20] = f32::from_bits(w[37 * 48 + 20].to_bits() + 1);
+        assert!(
+            !Packed::new(&w, 48, true).is_coded(),
+            "a value off by an ulp"
+        );
+    }
+
+    /// A tied embedding whose rows are a quantised model's (blocks of 32 along each row) is
+    /// kept as codes (where the CPU has their kernel) and multiplies to the float kernel's
+    /// values bit for bit.
+    #[test]
+    fn coded_embedding_rows_give_the_same_values_bit_for_bit() {
+        for (seed, (rows, k, n)) in [(1, 576, 1920), (1, 64, 17), (3, 96, 100), (16, 40, 203)]
+            .into_iter()
+            .enumerate()
+        {
+            let w = quantised(k, n, 1000 + seed as u64);
+            let e: Vec<f32> = (0..n * k).map(|at| w[(at % k) * n + at / k]).collect();
+            let x = values(rows * k, 1100 + seed as u64);
+            let Some(coded) = coded::code_rows(&e, n) else {
+                assert!(!coded::available(), "[{n}×{k}] not coded");
+                continue;
+            };
+            assert!(coded.bytes() < 2 * n * k);
+            let want = rows_times_transposed(&x, rows, &e, n);
+            let got = rows_times_coded_rows(&x, rows, &coded, n);
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "[{rows}×{k}]·[{n}×{k}]ᵀ at {j}: {a} vs {b}"
+                );
+            }
+        }
+        assert!(
+            coded::code_rows(&values(8 * 64, 3), 8).is_none(),
+            "trained values"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@
 #[cfg(feature = "flex")]
 pub(crate) mod attention;
 #[cfg(feature = "flex")]
+pub(crate) mod coded;
+#[cfg(feature = "flex")]
 pub(crate) mod flex;
 #[cfg(feature = "flex")]
 pub(crate) mod gemm;
