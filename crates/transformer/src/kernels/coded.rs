@@ -262,6 +262,52 @@ impl<const R: usize, const P: usize> pulp::WithSimd for Tile<'_, R, P> {
     }
 }
 
+/// One coded panel's floats (`out`: `[k, PANEL]`), each `q · d + m` with the two roundings of
+/// [`decode`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Decode<'a> {
+    pub(crate) simd: pulp::x86::V3,
+    pub(crate) codes: &'a [[i8; PANEL]],
+    pub(crate) scales: &'a [[f32; PANEL]],
+    pub(crate) out: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for Decode<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        use pulp::cast;
+        use std::arch::x86_64::__m256;
+        let Decode {
+            simd,
+            codes,
+            scales,
+            out,
+        } = self;
+        let (avx, avx2, sse2) = (simd.avx, simd.avx2, simd.sse2);
+        let halves = |row: &[f32; PANEL]| -> [__m256; 2] {
+            let [lo, hi]: [[f32; 8]; 2] = cast(*row);
+            [cast(lo), cast(hi)]
+        };
+        let (rows, _) = out.as_chunks_mut::<PANEL>();
+        for (b, (codes, rows)) in codes.chunks(BLOCK).zip(rows.chunks_mut(BLOCK)).enumerate() {
+            let (d, m) = (halves(&scales[2 * b]), halves(&scales[2 * b + 1]));
+            for (q, row) in codes.iter().zip(rows) {
+                let q: std::arch::x86_64::__m128i = cast(*q);
+                let lo = avx2._mm256_cvtepi8_epi32(q);
+                let hi = avx2._mm256_cvtepi8_epi32(sse2._mm_srli_si128::<8>(q));
+                let lo = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(lo), d[0]);
+                let hi = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(hi), d[1]);
+                let lo: [f32; 8] = cast(avx._mm256_add_ps(lo, m[0]));
+                let hi: [f32; 8] = cast(avx._mm256_add_ps(hi, m[1]));
+                *row = cast([lo, hi]);
+            }
+        }
+    }
+}
+
 /// A tied embedding (`[n, k]`, a row per token) as codes, row by row: `codes` is `[n][k]`,
 /// `scales` `[n][blocks]` (each row's `(d, m)` per block of [`BLOCK`] of its `k` values).
 pub(crate) struct CodedRows {

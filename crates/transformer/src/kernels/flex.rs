@@ -254,8 +254,9 @@ pub fn packed_weights() -> PackedWeights {
 /// rows: 76 → 36 ms; at 1 row 26 → 18 ms). A matrix is packed the second time a few-rows
 /// product meets it (a model that decodes meets each matrix once per step), and its copy is
 /// dropped once the matrix is: after an optimizer step, the next decoding packs the new
-/// weights. The copy costs as much memory as the matrix; matrices past the limit are
-/// multiplied as they lie. The values are the same bit for bit either way.
+/// weights. The copy costs as much memory as the matrix (a quarter of it for a quantised
+/// model's codes, [`set_coded_weights`]); matrices past the limit are multiplied as they lie.
+/// The values are the same bit for bit either way.
 pub fn set_packed_weights_limit(bytes: usize) {
     PACKED_LIMIT.store(bytes, Ordering::Relaxed);
     if bytes == 0 {

@@ -8,7 +8,10 @@
 //! - [`rows_times`] reads a weight matrix where it lies, once per group of four rows;
 //! - [`rows_times_packed`] reads one packed once ([`Packed`]: column panels, made once per
 //!   matrix), once per call for all rows, with every output summed in registers;
-//! - [`rows_times_transposed`] multiplies by a tied embedding, in blocks of it kept in L2.
+//! - [`rows_times_transposed`] multiplies by a tied embedding, in blocks of it kept in L2;
+//! - a matrix whose values are a quantised model's is packed as its codes instead
+//!   ([`super::coded`]), and a tied embedding's codes are multiplied by
+//!   [`rows_times_coded_rows`]: the same values again, from a quarter of the bytes.
 //!
 //! Whatever the kernel, the group or the thread, each output is summed in one order (from its
 //! bias or 0, over `k`, fused), so a row's values do not depend on the rows beside it, and
@@ -545,6 +548,9 @@ impl PackedTimes<'_> {
         end: usize,
     ) {
         let full = self.rows - R;
+        if let (Panels::Coded(coded), true) = (&self.w.panels, full > 0) {
+            return self.walk_decoded::<S, R, NV>(simd, end, coded);
+        }
         let mut col = self.cols.start;
         while col < end {
             let panels = ((end - col) / PANEL).min(P);
@@ -564,6 +570,43 @@ impl PackedTimes<'_> {
         }
     }
 
+    /// Coded panels for six rows or more: each panel's floats rebuilt once (into a buffer that
+    /// stays in cache) for all the tiles of rows on it, which then run as on float panels —
+    /// rather than each tile rebuilding them (more work than its products at six rows).
+    #[inline(always)]
+    fn walk_decoded<S: Simd, const R: usize, const NV: usize>(
+        &mut self,
+        simd: S,
+        end: usize,
+        coded: &Coded,
+    ) {
+        let k = self.w.k;
+        let blocks = k.div_ceil(coded::BLOCK);
+        let full = self.rows - R;
+        let mut panel = vec![0.0f32; k * PANEL];
+        for col in (self.cols.start..end).step_by(PANEL) {
+            let p = col / PANEL;
+            #[cfg(target_arch = "x86_64")]
+            pulp::Simd::vectorize(
+                coded.simd,
+                coded::Decode {
+                    simd: coded.simd,
+                    codes: &coded.codes[p * k..(p + 1) * k],
+                    scales: &coded.scales[p * 2 * blocks..(p + 1) * 2 * blocks],
+                    out: &mut panel,
+                },
+            );
+            for first in (0..full).step_by(6) {
+                self.tile::<S, 6, NV, 1>(simd, &panel, col, first, col);
+            }
+            if R > 0 {
+                self.tile::<S, R, NV, 1>(simd, &panel, col, full, col);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (blocks, &mut panel);
+    }
+
     /// [`Self::tile`] on float panels, [`coded::tile`] on coded ones.
     #[inline(always)]
     fn any_tile<S: Simd, const R: usize, const NV: usize, const P: usize>(
@@ -574,7 +617,7 @@ impl PackedTimes<'_> {
     ) {
         let w = self.w;
         match &w.panels {
-            Panels::Floats(values) => self.tile::<S, R, NV, P>(simd, values, first, col),
+            Panels::Floats(values) => self.tile::<S, R, NV, P>(simd, values, 0, first, col),
             Panels::Coded(coded) => self.coded_tile::<R, P>(coded, first, col),
         }
     }
@@ -618,13 +661,14 @@ impl PackedTimes<'_> {
         &mut self,
         simd: S,
         values: &[f32],
+        base: usize,
         first: usize,
         col: usize,
     ) {
         let (k, width) = (self.w.k, self.cols.len());
         let at = col - self.cols.start;
         let panels: [&[S::f32s]; P] = std::array::from_fn(|p| {
-            let c = col + p * PANEL;
+            let c = col + p * PANEL - base;
             S::as_simd_f32s(&values[c * k..(c + PANEL) * k]).0
         });
         let xs: [&[f32]; R] =
