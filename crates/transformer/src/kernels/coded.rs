@@ -171,6 +171,33 @@ fn fits(values: &[f32], q: &mut [i8], d: f32, m: f32, code: impl Fn(f32) -> f32)
     true
 }
 
+/// A panel row of floats as two AVX vectors.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn halves(row: &[f32; PANEL]) -> [std::arch::x86_64::__m256; 2] {
+    let [lo, hi]: [[f32; 8]; 2] = pulp::cast(*row);
+    [pulp::cast(lo), pulp::cast(hi)]
+}
+
+/// A panel row's 16 weights rebuilt from their codes and their columns' `(d, m)`: `q · d`,
+/// rounded, then `+ m`, rounded ([`decode`]'s roundings).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn rebuild(
+    simd: pulp::x86::V3,
+    q: [i8; PANEL],
+    d: [std::arch::x86_64::__m256; 2],
+    m: [std::arch::x86_64::__m256; 2],
+) -> [std::arch::x86_64::__m256; 2] {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let q: std::arch::x86_64::__m128i = pulp::cast(q);
+    let lo = avx2._mm256_cvtepi8_epi32(q);
+    let hi = avx2._mm256_cvtepi8_epi32(simd.sse2._mm_srli_si128::<8>(q));
+    let lo = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(lo), d[0]);
+    let hi = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(hi), d[1]);
+    [avx._mm256_add_ps(lo, m[0]), avx._mm256_add_ps(hi, m[1])]
+}
+
 /// Adds to the outputs of rows `0..R` on `P` panels all `k` products with the coded panels,
 /// as the f32 panels' kernel does: `out` starts at row 0's first panel, rows `stride` floats
 /// apart, panels [`PANEL`] apart; `x` holds the `R` rows' inputs, `k` each; `codes` and
@@ -195,7 +222,6 @@ impl<const R: usize, const P: usize> pulp::WithSimd for Tile<'_, R, P> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
         use pulp::cast;
-        use std::arch::x86_64::__m256;
         let Tile {
             simd,
             codes,
@@ -205,12 +231,8 @@ impl<const R: usize, const P: usize> pulp::WithSimd for Tile<'_, R, P> {
             out,
             stride,
         } = self;
-        let (avx, avx2, fma, sse2) = (simd.avx, simd.avx2, simd.fma, simd.sse2);
+        let (avx, fma) = (simd.avx, simd.fma);
         let blocks = k.div_ceil(BLOCK);
-        let halves = |row: &[f32; PANEL]| -> [__m256; 2] {
-            let [lo, hi]: [[f32; 8]; 2] = cast(*row);
-            [cast(lo), cast(hi)]
-        };
         let codes: [&[[i8; PANEL]]; P] = std::array::from_fn(|p| &codes[p * k..(p + 1) * k]);
         let scales: [&[[f32; PANEL]]; P] =
             std::array::from_fn(|p| &scales[p * 2 * blocks..(p + 1) * 2 * blocks]);
@@ -232,15 +254,7 @@ impl<const R: usize, const P: usize> pulp::WithSimd for Tile<'_, R, P> {
             }
             for i in b * BLOCK..((b + 1) * BLOCK).min(k) {
                 for p in 0..P {
-                    let q: std::arch::x86_64::__m128i = cast(codes[p][i]);
-                    let lo = avx2._mm256_cvtepi8_epi32(q);
-                    let hi = avx2._mm256_cvtepi8_epi32(sse2._mm_srli_si128::<8>(q));
-                    let lo = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(lo), d[p][0]);
-                    let hi = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(hi), d[p][1]);
-                    w[p] = [
-                        avx._mm256_add_ps(lo, m[p][0]),
-                        avx._mm256_add_ps(hi, m[p][1]),
-                    ];
+                    w[p] = rebuild(simd, codes[p][i], d[p], m[p]);
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let xi = avx._mm256_set1_ps(xs[r][i]);
@@ -279,30 +293,19 @@ impl pulp::WithSimd for Decode<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
         use pulp::cast;
-        use std::arch::x86_64::__m256;
         let Decode {
             simd,
             codes,
             scales,
             out,
         } = self;
-        let (avx, avx2, sse2) = (simd.avx, simd.avx2, simd.sse2);
-        let halves = |row: &[f32; PANEL]| -> [__m256; 2] {
-            let [lo, hi]: [[f32; 8]; 2] = cast(*row);
-            [cast(lo), cast(hi)]
-        };
         let (rows, _) = out.as_chunks_mut::<PANEL>();
         for (b, (codes, rows)) in codes.chunks(BLOCK).zip(rows.chunks_mut(BLOCK)).enumerate() {
             let (d, m) = (halves(&scales[2 * b]), halves(&scales[2 * b + 1]));
             for (q, row) in codes.iter().zip(rows) {
-                let q: std::arch::x86_64::__m128i = cast(*q);
-                let lo = avx2._mm256_cvtepi8_epi32(q);
-                let hi = avx2._mm256_cvtepi8_epi32(sse2._mm_srli_si128::<8>(q));
-                let lo = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(lo), d[0]);
-                let hi = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(hi), d[1]);
-                let lo: [f32; 8] = cast(avx._mm256_add_ps(lo, m[0]));
-                let hi: [f32; 8] = cast(avx._mm256_add_ps(hi, m[1]));
-                *row = cast([lo, hi]);
+                let [lo, hi] = rebuild(simd, *q, d, m);
+                let floats: [[f32; 8]; 2] = [cast(lo), cast(hi)];
+                *row = cast(floats);
             }
         }
     }
