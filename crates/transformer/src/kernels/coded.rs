@@ -383,75 +383,58 @@ fn transposed_lanes() -> usize {
     pulp::Arch::new().dispatch(Lanes)
 }
 
-/// Dot products of `R` input rows with `V` coded embedding rows, as the transposed kernel
+/// Dot products of one input row with `V` coded embedding rows, as the transposed kernel
 /// computes them: per output, vectors of [`LANES`] products over `k`, fused, reduced once by
 /// pulp's V3 at the end (no tail: `k` is a multiple of [`LANES`]).
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct RowsTile<'a, const R: usize, const V: usize> {
+pub(crate) struct RowsTile<'a, const V: usize> {
     pub(crate) e: &'a CodedRows,
     /// The first embedding row (output column).
     pub(crate) col: usize,
+    /// The input row (`k` values).
     pub(crate) x: &'a [f32],
-    /// Where output `(r, v)` goes: `out[r * stride + v]`.
+    /// Where output `v` goes: `out[v]`.
     pub(crate) out: &'a mut [f32],
-    pub(crate) stride: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<const R: usize, const V: usize> RowsTile<'_, R, V> {
+impl<const V: usize> RowsTile<'_, V> {
     /// The products, inside a function where AVX2 and FMA are enabled.
     #[inline(always)]
     pub(crate) fn run(self) {
         use pulp::{cast, Simd};
         use std::arch::x86_64::__m256;
-        let RowsTile {
-            e,
-            col,
-            x,
-            out,
-            stride,
-        } = self;
+        let RowsTile { e, col, x, out } = self;
         let (simd, k) = (e.simd, e.k);
         let (avx, avx2, fma, sse2) = (simd.avx, simd.avx2, simd.fma, simd.sse2);
         let blocks = k.div_ceil(BLOCK);
-        let xs: [&[[f32; LANES]]; R] = std::array::from_fn(|r| {
-            let row = &x[r * k..(r + 1) * k];
-            let (chunks, _) = row.as_chunks::<LANES>();
-            chunks
-        });
+        let xs = x[..k].as_chunks::<LANES>().0;
         let codes: [&[[i8; LANES]]; V] = std::array::from_fn(|v| {
             let row = &e.codes[(col + v) * k..(col + v + 1) * k];
             row.as_chunks::<LANES>().0
         });
         let scales: [&[[f32; 2]]; V] =
             std::array::from_fn(|v| &e.scales[(col + v) * blocks..(col + v + 1) * blocks]);
-        let mut acc = [[avx._mm256_setzero_ps(); V]; R];
-        for i in 0..k / LANES {
+        let mut acc = [avx._mm256_setzero_ps(); V];
+        for (i, x) in xs.iter().enumerate() {
             let b = i * LANES / BLOCK;
-            let mut w = [avx._mm256_setzero_ps(); V];
+            let x: __m256 = cast(*x);
             for v in 0..V {
                 let [d, m] = scales[v][b];
                 let q = i64::from_le_bytes(cast::<[i8; LANES], [u8; 8]>(codes[v][i]));
                 let q = sse2._mm_set_epi64x(0, q);
                 let q = avx._mm256_cvtepi32_ps(avx2._mm256_cvtepi8_epi32(q));
-                w[v] = avx._mm256_add_ps(
+                let w = avx._mm256_add_ps(
                     avx._mm256_mul_ps(q, avx._mm256_set1_ps(d)),
                     avx._mm256_set1_ps(m),
                 );
-            }
-            for r in 0..R {
-                let xi: __m256 = cast(xs[r][i]);
-                for v in 0..V {
-                    acc[r][v] = fma._mm256_fmadd_ps(xi, w[v], acc[r][v]);
-                }
+                acc[v] = fma._mm256_fmadd_ps(x, w, acc[v]);
             }
         }
         // The float kernel adds its (here empty) scalar tail's sum to the reduction.
         let tail = std::iter::empty::<f32>().sum::<f32>();
-        for (r, acc) in acc.iter().enumerate() {
-            for (v, acc) in acc.iter().enumerate() {
-                out[r * stride + v] = simd.reduce_sum_f32s(cast(*acc)) + tail;
-            }
+        for (out, acc) in out.iter_mut().zip(acc) {
+            *out = simd.reduce_sum_f32s(cast(acc)) + tail;
         }
     }
 }

@@ -187,13 +187,6 @@ impl Kept {
             Kept::Rows(coded) => coded.as_ref().map_or(0, |c| c.bytes()),
         }
     }
-
-    fn is_coded(&self) -> bool {
-        match self {
-            Kept::Panels(packed) => packed.is_coded(),
-            Kept::Rows(coded) => coded.is_some(),
-        }
-    }
 }
 
 /// Whether packed weights may keep a quantised model's codes (see [`set_coded_weights`]).
@@ -236,13 +229,16 @@ pub fn packed_weights() -> PackedWeights {
     let kept = PACKED.lock().unwrap_or_else(|e| e.into_inner());
     let mut stats = PackedWeights::default();
     let alive = kept.iter().flat_map(|kept| kept.values());
-    for packed in alive.filter(|e| e.storage.strong_count() > 0) {
-        if let Some(packed @ (Kept::Panels(_) | Kept::Rows(Some(_)))) = &packed.packed {
-            stats.matrices += 1;
-            stats.coded += usize::from(packed.is_coded());
-            stats.coded_heads += usize::from(matches!(packed, Kept::Rows(Some(_))));
-            stats.bytes += packed.bytes();
-        }
+    for entry in alive.filter(|e| e.storage.strong_count() > 0) {
+        let (coded, head) = match &entry.packed {
+            Some(Kept::Panels(packed)) => (packed.is_coded(), false),
+            Some(Kept::Rows(Some(_))) => (true, true),
+            _ => continue,
+        };
+        stats.matrices += 1;
+        stats.coded += usize::from(coded);
+        stats.coded_heads += usize::from(head);
+        stats.bytes += entry.packed.as_ref().map_or(0, Kept::bytes);
     }
     stats
 }

@@ -128,23 +128,9 @@ impl WithSimd for CodedRowsRange<'_> {
                 let (x, out) = (&x[r * k..], &mut out[r * width + col..]);
                 let at = cols.start + col;
                 if eight {
-                    coded::RowsTile::<1, 8> {
-                        e,
-                        col: at,
-                        x,
-                        out,
-                        stride: width,
-                    }
-                    .run();
+                    coded::RowsTile::<8> { e, col: at, x, out }.run();
                 } else {
-                    coded::RowsTile::<1, 1> {
-                        e,
-                        col: at,
-                        x,
-                        out,
-                        stride: width,
-                    }
-                    .run();
+                    coded::RowsTile::<1> { e, col: at, x, out }.run();
                 }
             }
             col += if eight { 8 } else { 1 };
@@ -604,7 +590,10 @@ impl PackedTimes<'_> {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (blocks, &mut panel);
+        {
+            let _ = (blocks, &mut panel);
+            unreachable!("coded panels are made only where their kernel runs");
+        }
     }
 
     /// [`Self::tile`] on float panels, [`coded::tile`] on coded ones.
